@@ -1,0 +1,16 @@
+"""opzo_ext: train snnTorch and SpikingJelly SNNs without spatial backpropagation.
+
+    import opzo_ext as opzo
+    with opzo.train(model, method="opzo"):   # or "bp", "dfa", "zo"
+        ...  # your own training loop
+
+See :func:`train` and :class:`TrainConfig`.
+"""
+from .config import METHOD_NAMES, TrainConfig
+from .errors import ConfigError, OpzoError, UnsupportedModelError
+from .noise import linear_alpha
+from .session import Session, train
+
+__all__ = ["train", "Session", "TrainConfig", "METHOD_NAMES", "linear_alpha",
+           "OpzoError", "ConfigError", "UnsupportedModelError"]
+__version__ = "0.1.0"

@@ -1,0 +1,68 @@
+"""Options of a training session, with the paper's defaults (appendix C.3.2)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from .errors import ConfigError
+from .noise import DISTRIBUTIONS, Alpha
+
+METHOD_NAMES = ("bp", "opzo", "dfa", "zo")
+
+
+@dataclass
+class TrainConfig:
+    """How :func:`opzo_ext.train` assigns credit.
+
+    Attributes:
+        method: ``"bp"`` (online BP with traces = OTTT), ``"opzo"`` (momentum feedback M),
+            ``"dfa"`` (fixed random feedback B), ``"zo"`` (single-point zeroth order, loss x z).
+        alpha: noise scale, a float or a function ``epoch -> float``
+            (see :func:`opzo_ext.noise.linear_alpha`; the paper decays 0.2 -> 0.01).
+        momentum: ``lam`` of ``M <- lam M + (1 - lam) z o~^T``.
+        noise: ``"gaussian"``, ``"rademacher"`` or ``"sphere"``.
+        inject: ``"after"`` the neuron (added to its spikes) or ``"before"`` (added to its input).
+        antithetic: use ``z`` and ``-z`` on alternate time steps.
+        scale_by_alpha: divide the M update by alpha (eq. 6); off by default as in appendix C.
+        trace: ``"trace"`` (``a_hat = lam a_hat + s``, OTTT) or ``"spike"`` (``a_hat = s``).
+        trace_lambda: decay of the traces; None takes each presynaptic neuron's leak.
+        seed: seed of the session's noise and DFA matrices; None draws it from torch's global RNG.
+    """
+
+    method: str = "opzo"
+    alpha: Alpha = 0.2
+    momentum: float = 0.99999
+    noise: str = "gaussian"
+    inject: str = "after"
+    antithetic: bool = True
+    scale_by_alpha: bool = False
+    trace: str = "trace"
+    trace_lambda: Optional[float] = None
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        def choice(field: str, value, options) -> None:
+            if value not in options:
+                raise ConfigError(f"{field}={value!r} is not valid; choose one of {', '.join(map(repr, options))}.")
+
+        choice("method", self.method, METHOD_NAMES)
+        choice("noise", self.noise, DISTRIBUTIONS)
+        choice("inject", self.inject, ("after", "before"))
+        choice("trace", self.trace, ("trace", "spike"))
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum={self.momentum!r} must lie in [0, 1) (the paper uses 0.99999).")
+        if not callable(self.alpha) and not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            raise ConfigError(f"alpha={self.alpha!r} must be a positive number or a function epoch -> alpha.")
+        if self.trace_lambda is not None and not 0.0 <= self.trace_lambda <= 1.0:
+            raise ConfigError(f"trace_lambda={self.trace_lambda!r} must lie in [0, 1] (or be None for the neuron's leak).")
+
+    def alpha_at(self, epoch: int) -> float:
+        value = float(self.alpha(epoch)) if callable(self.alpha) else float(self.alpha)
+        if value <= 0:
+            raise ConfigError(f"the alpha schedule gave {value} at epoch {epoch}; alpha must stay positive.")
+        return value
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["alpha"] = repr(self.alpha) if callable(self.alpha) else self.alpha
+        return d

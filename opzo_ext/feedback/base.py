@@ -1,0 +1,111 @@
+"""What every credit-assignment method shares: the :class:`Tap` that sends feedback to hidden layers.
+
+At the readout, once per call, the session calls ``method.step(...)`` (no autograd: OPZO updates
+its M here) and wraps the readout output ``o`` in :class:`Tap`. Tap is the identity forward; in
+backward it hands ``e = dL/do`` on to the readout unchanged and ``method.signal(...)`` (for OPZO:
+``M_l e``) to every hidden layer's spike tensor, from where autograd applies the neuron's own
+surrogate derivative and reaches the synapse weights through their traces.
+
+Shapes: ``o`` and ``e`` are ``[T, B, m]``; ``z_l`` and the signal of layer ``l`` are ``[T, B, n_l]``
+(``T = 1`` for a single-step call).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ..errors import OpzoError
+
+
+class Feedback:
+    """A credit-assignment method. Subclasses set the class flags and override what they need."""
+
+    name = "?"
+    cuts_spatial_bp = True  # hidden spikes are detached downstream; feedback enters through Tap
+    injects_noise = False  # hidden layers get alpha * z
+    needs_loss = False  # the signal uses the scalar loss value (ZO)
+
+    def __init__(self, config, generator_for):
+        self.config = config
+        self.generator_for = generator_for  # device -> torch.Generator of the session
+        self.matrices: dict[str, torch.Tensor] = {}  # neuron name -> [n_l, m] feedback matrix
+
+    @torch.no_grad()
+    def step(self, layers: list[str], sizes: list[int], z: list[Optional[torch.Tensor]], o: torch.Tensor,
+             alpha: float) -> Any:
+        """Bookkeeping of one readout call (no autograd); returns what :meth:`signal` needs.
+        ``sizes[l]`` is ``n_l``; ``z[l]`` is None for methods without noise."""
+        return None
+
+    def signal(self, ctx: Any, layers: list[str], z: list[Optional[torch.Tensor]], e: torch.Tensor,
+               alpha: float) -> list[torch.Tensor]:
+        """Errors ``[T, B, n_l]`` for each hidden layer, from the output error ``e`` ``[T, B, m]``."""
+        raise NotImplementedError
+
+    def matrix(self, name: str, shape: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
+        """The stored feedback matrix of ``name`` on ``like``'s device, checked against ``shape``."""
+        m = self.matrices.get(name)
+        if m is None:
+            return None
+        if tuple(m.shape) != tuple(shape):
+            raise OpzoError(
+                f"The feedback matrix of layer '{name}' has shape {tuple(m.shape)} but the layer needs "
+                f"{tuple(shape)} ([neurons, outputs]): the loaded session state was made for another "
+                "model or input size."
+            )
+        if m.device != like.device or m.dtype != like.dtype:
+            m = self.matrices[name] = m.to(like)
+        return m
+
+    def state_dict(self) -> dict:
+        return {"matrices": dict(self.matrices)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.matrices = dict(state["matrices"])
+
+
+@dataclass
+class TapCall:
+    """One readout call: the method, what its ``step`` returned, and the layout of ``o``."""
+
+    method: Feedback
+    ctx: Any
+    layers: list[str]
+    z: list[Optional[torch.Tensor]]
+    alpha: float
+    steps: int
+    batch: int
+
+    def as_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """View a per-call tensor (``[B, ...]``, ``[T, B, ...]`` or ``[T*B, ...]``) as ``[T, B, n]``."""
+        return x.reshape(self.steps, self.batch, -1)
+
+
+class Tap(torch.autograd.Function):
+    """Identity on the readout output ``o``; backward returns ``e`` to ``o`` and the method's
+    feedback to each hidden spike tensor in ``spikes`` (reshaped to each tensor's shape)."""
+
+    @staticmethod
+    def forward(ctx, o, call, *spikes):
+        ctx.call = call
+        ctx.spike_shapes = [s.shape for s in spikes]
+        return o
+
+    @staticmethod
+    def backward(ctx, e):
+        call = ctx.call
+        signals = call.method.signal(call.ctx, call.layers, call.z, call.as_steps(e), call.alpha)
+        return (e, None, *(g.reshape(shape) for g, shape in zip(signals, ctx.spike_shapes)))
+
+
+def matrix_signal(matrices_per_step: list[list[torch.Tensor]], e: torch.Tensor) -> list[torch.Tensor]:
+    """``g_l[t] = e[t] @ F_l[t]^T`` for per-step feedback matrices ``F_l[t]`` of shape [n_l, m]."""
+    out = []
+    for mats in matrices_per_step:
+        if len(mats) == 1:
+            out.append(e @ mats[0].t())
+        else:
+            out.append(torch.stack([e[t] @ m.t() for t, m in enumerate(mats)]))
+    return out

@@ -1,0 +1,76 @@
+"""Perturbation noise ``z`` (zero mean, unit variance per element) and alpha schedules.
+
+OPZO and ZO inject ``alpha * z`` into every hidden layer at every time step (section 4.4 of the
+paper). Distributions: ``"gaussian"`` (default), ``"rademacher"`` (+-1), ``"sphere"`` (uniform on the
+sphere of radius ``sqrt(n)`` per sample, so that ``E[z z^T] = I`` like the others). Antithetic noise
+uses ``z`` and ``-z`` on alternate time steps of one sequence (appendix C.2).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+
+DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
+
+
+def sample(distribution: str, shape: torch.Size, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw ``z`` of ``shape = [B, ...]`` (per-sample normalisation for ``"sphere"``)."""
+    kw = dict(device=like.device, generator=generator)
+    if distribution == "gaussian":
+        return torch.randn(shape, dtype=like.dtype, **kw)
+    if distribution == "rademacher":
+        return torch.randint(0, 2, shape, **kw).to(like.dtype).mul_(2).sub_(1)
+    z = torch.randn(shape, dtype=like.dtype, **kw)
+    flat = z.view(shape[0], -1)
+    return flat.mul_(flat.shape[1] ** 0.5 / flat.norm(dim=1, keepdim=True)).view(shape)
+
+
+class NoiseSource:
+    """Noise of one neuron layer: ``draw(like, steps, fresh)`` returns ``z`` with ``like``'s shape
+    (``[steps, B, ...]`` when ``steps > 1``), flipping the previous ``z`` on every second step of a
+    sequence when ``antithetic``. ``fresh`` starts a new sequence."""
+
+    def __init__(self, distribution: str, antithetic: bool):
+        self.distribution = distribution
+        self.antithetic = antithetic
+        self.parity = 0
+        self.last: Optional[torch.Tensor] = None
+
+    def draw(self, like: torch.Tensor, steps: int, fresh: bool, generator: torch.Generator) -> torch.Tensor:
+        if fresh:
+            self.parity, self.last = 0, None
+        step_shape = like.shape[1:] if steps > 1 else like.shape
+        zs = []
+        for _ in range(steps):
+            if self.antithetic and self.parity == 1 and self.last is not None and self.last.shape == step_shape:
+                z = -self.last
+            else:
+                z = sample(self.distribution, step_shape, like, generator)
+            self.parity = 1 - self.parity if self.antithetic else 0
+            self.last = z
+            zs.append(z)
+        return torch.stack(zs) if steps > 1 else zs[0]
+
+    def state_dict(self) -> dict:
+        return {"parity": self.parity, "last": self.last}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.parity, self.last = state["parity"], state["last"]
+
+
+Alpha = Union[float, Callable[[int], float]]
+
+
+def linear_alpha(start: float = 0.2, end: float = 0.01, epochs: int = 50) -> Callable[[int], float]:
+    """The paper's schedule: alpha decays linearly from ``start`` (epoch 0) to ``end`` (last epoch
+    ``epochs - 1``). Pass it as ``opzo.train(..., alpha=linear_alpha(...))`` and set
+    ``session.epoch`` at the start of each epoch."""
+    if epochs < 1:
+        raise ValueError(f"linear_alpha needs epochs >= 1, got {epochs}.")
+
+    def alpha(epoch: int) -> float:
+        frac = min(max(epoch, 0), epochs - 1) / max(epochs - 1, 1)
+        return start + (end - start) * frac
+
+    return alpha

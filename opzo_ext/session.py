@@ -1,0 +1,333 @@
+"""The training session: attaches hooks to an unmodified model, runs the per-step bookkeeping,
+and removes every trace of itself on exit.
+
+Where things happen (one time step, training mode):
+
+* neuron pre-hook (:meth:`Session._neuron_pre`): detect a new sequence, detach the state (no BP
+  through time), add ``alpha * z`` to the input when ``inject="before"``;
+* neuron forward hook (:meth:`Session._neuron_post`): add ``alpha * z`` to the spikes
+  (``inject="after"``), pass on a *detached* copy (no spatial BP), keep the graph-carrying spikes;
+* synapse forward override (:meth:`Session._traced_forward`): update the presynaptic trace, take
+  the weight gradient on it (:mod:`opzo_ext.traces`);
+* readout (:meth:`Session._tap`): the method's bookkeeping (OPZO's M update, in
+  :mod:`opzo_ext.feedback.opzo`) and the :class:`~opzo_ext.feedback.Tap` through which feedback
+  enters the hidden layers during ``loss.backward()``.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .adapters import NeuronAdapter, check_model, find_adapter
+from .config import TrainConfig
+from .discovery import Topology, discover
+from .errors import OpzoError
+from .feedback import METHODS, LossRecorder, Tap, TapCall
+from .noise import NoiseSource
+from .traces import TraceState, fused_rule, traced_call
+
+_ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+@dataclass
+class _Neuron:
+    """Per-neuron bookkeeping of the session."""
+
+    name: str
+    module: nn.Module
+    adapter: NeuronAdapter
+    hidden: bool
+    noise: NoiseSource
+    last_state: Any = None  # the state object the neuron left behind (identity marks continuity)
+    fresh: bool = True  # the latest call started a new sequence
+    steps: int = 1  # time steps in the latest call
+    batch: int = 0
+    z: Optional[torch.Tensor] = None  # noise injected before the neuron in the latest call
+
+
+class Session:
+    """A training session on ``model``; create it with :func:`opzo_ext.train`.
+
+    Attributes:
+        layers: names of the hidden neuron modules receiving feedback, in forward order
+            (known after the first training step, or at once with ``example_input``).
+        feedback: neuron name -> feedback matrix ``[n_l, m]`` in use (M for opzo, B for dfa).
+        epoch: current epoch, read by an alpha schedule; set it at the start of each epoch.
+        steps: number of time steps trained so far.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, example_input: Any = None):
+        check_model(model)
+        self.model = model
+        self._example_input = example_input
+        self.config = config
+        self.method = METHODS[config.method](config, self._generator)
+        self.epoch = 0
+        self.steps = 0
+        self.topology: Optional[Topology] = None
+        seed = config.seed if config.seed is not None else int(torch.randint(2**62, (1,)))
+        self._seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+        self._neurons: dict[str, _Neuron] = {}
+        self._pending: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._handles: list = []
+        self._removers: list = []
+        self._pending_state: Optional[dict] = None
+        self._open = False
+        self._discovering = False
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def layers(self) -> list[str]:
+        return list(self.topology.hidden) if self.topology else []
+
+    @property
+    def feedback(self) -> dict[str, torch.Tensor]:
+        return dict(self.method.matrices)
+
+    @property
+    def alpha(self) -> float:
+        return self.config.alpha_at(self.epoch)
+
+    def reset(self) -> None:
+        """Start a new sequence at the next step (traces, antithetic pairs), for loops that give
+        no reset signal of their own (``functional.reset_net`` and ``snntorch.utils.reset`` do)."""
+        for rec in self._neurons.values():
+            rec.last_state = None
+
+    def state_dict(self) -> dict:
+        """Feedback matrices, counters, RNG and antithetic state: enough to resume exactly."""
+        return {
+            "method": self.config.method,
+            "config": self.config.as_dict(),
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "feedback": self.method.state_dict(),
+            "generators": {d: g.get_state() for d, g in self._generators.items()},
+            "noise": {n: r.noise.state_dict() for n, r in self._neurons.items()},
+            "seed": self._seed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("method") != self.config.method:
+            raise OpzoError(
+                f"This session state was saved with method={state.get('method')!r}, but the session "
+                f"uses method={self.config.method!r}; open the session with the same method."
+            )
+        self.epoch, self.steps, self._seed = state["epoch"], state["steps"], state["seed"]
+        self.method.load_state_dict(state["feedback"])
+        for device, rng in state["generators"].items():
+            self._generator(torch.device(device)).set_state(rng)
+        self._pending_state = state["noise"]
+        self._load_noise_state()
+
+    # ------------------------------------------------------------ attach / detach
+    def __enter__(self) -> "Session":
+        return self.open()
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def open(self) -> "Session":
+        for active in _ACTIVE:
+            if any(m is self.model for m in active.modules()) or any(m is active for m in self.model.modules()):
+                raise OpzoError(
+                    f"{type(self.model).__name__} already has an open opzo_ext session (on "
+                    f"{type(active).__name__}); close it before opening another one."
+                )
+        _ACTIVE.add(self.model)
+        self._open = True
+        if self.method.needs_loss:
+            LossRecorder.acquire()
+        self._handles.append(self.model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
+        if self._example_input is not None:
+            try:
+                example = self._example_input
+                args = example if isinstance(example, tuple) else (example,)
+                self._discover(args, {})
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def close(self) -> None:
+        """Remove every hook and override; the model is left as it was (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        for remove in self._removers:
+            remove()
+        self._handles, self._removers = [], []
+        self._pending.clear()
+        if self._open:
+            self._open = False
+            _ACTIVE.discard(self.model)
+            if self.method.needs_loss:
+                LossRecorder.release()
+
+    @staticmethod
+    def _is_neuron(module: nn.Module) -> bool:
+        return find_adapter(module) is not None
+
+    def _active(self, module: nn.Module) -> bool:
+        return module.training and torch.is_grad_enabled()
+
+    def _root_pre(self, model, args, kwargs):
+        if self._discovering:  # the probe copy shares this hook
+            return None
+        self._pending.clear()
+        if self.topology is None and self._active(model):
+            self._discover(args, kwargs)
+        return None
+
+    def _discover(self, args: tuple, kwargs: dict) -> None:
+        self._discovering = True
+        try:
+            topology = discover(self.model, args, kwargs, self._is_neuron)
+        finally:
+            self._discovering = False
+        self._attach(topology)
+
+    def _attach(self, topology: Topology) -> None:
+        self.topology = topology
+        modules = dict(self.model.named_modules())
+        hidden = set(topology.hidden) if self.method.cuts_spatial_bp else set()
+        for name in topology.neurons:
+            module = modules[name]
+            adapter = find_adapter(module)
+            rec = _Neuron(name, module, adapter, name in hidden,
+                          NoiseSource(self.config.noise, self.config.antithetic))
+            self._neurons[name] = rec
+            self._handles.append(module.register_forward_pre_hook(self._hook(self._neuron_pre, rec), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._hook(self._neuron_post, rec)))
+            if hasattr(adapter, "install_stepwise"):
+                self._removers.append(adapter.install_stepwise(module, lambda m=module: self._active(m)))
+        self._load_noise_state()
+        for name, pres in topology.presynaptic.items():
+            if pres and self.config.trace == "trace":
+                self._override_synapse(modules[name], [self._neurons[p] for p in pres])
+        kind, name = topology.tap
+        if kind == "synapse":
+            syn = modules[name]
+            pres = [self._neurons[p] for p in topology.presynaptic.get(name, [])]
+            self._handles.append(syn.register_forward_hook(
+                lambda m, a, out: self._tap(out, pres[0] if pres else None) if self._active(m) else None))
+
+    @staticmethod
+    def _hook(fn, rec):
+        return lambda module, *rest: fn(rec, *rest) if module.training and torch.is_grad_enabled() else None
+
+    def _override_synapse(self, module: nn.Module, pres: list[_Neuron]) -> None:
+        lam = self.config.trace_lambda
+        if lam is None:
+            lam = pres[0].adapter.leak(pres[0].module)
+        trace, rule, original = TraceState(lam), fused_rule(module), module.forward
+
+        def forward(x, *args, **kwargs):
+            if args or kwargs or not self._active(module):
+                return original(x, *args, **kwargs)
+            return self._traced_forward(module, rule, original, trace, pres, x)
+
+        module.forward = forward
+        self._removers.append(lambda: module.__dict__.pop("forward", None))
+
+    # ------------------------------------------------------------ per-step hooks
+    def _neuron_pre(self, rec: _Neuron, args: tuple, kwargs: dict):
+        x = args[0]
+        multistep = rec.adapter.is_multistep(rec.module)
+        step_shape = x.shape[1:] if multistep else x.shape
+        token = rec.adapter.incoming_state(rec.module, args, kwargs)
+        rec.fresh = token is not rec.last_state or (isinstance(token, torch.Tensor) and token.shape != step_shape)
+        rec.steps, rec.batch = (x.shape[0] if multistep else 1), step_shape[0]
+        args, kwargs = rec.adapter.detach_state(rec.module, args, kwargs)
+        if rec.hidden and self.method.injects_noise and self.config.inject == "before":
+            rec.z = rec.noise.draw(x, rec.steps, rec.fresh, self._generator(x.device))
+            args = (torch.add(x, rec.z, alpha=self.alpha), *args[1:])
+        if self.topology.tap == ("neuron", rec.name):
+            args = (self._tap(args[0], rec), *args[1:])
+        return args, kwargs
+
+    def _neuron_post(self, rec: _Neuron, args: tuple, output: Any):
+        rec.last_state = rec.adapter.outgoing_state(rec.module, output)
+        if not rec.hidden:
+            return None
+        if rec.name in self._pending:
+            raise OpzoError(
+                f"Neuron '{rec.name}' was called twice in one time step (before the readout); "
+                "opzo_ext needs each hidden neuron module to be used once per step. Use separate "
+                "neuron modules for each use."
+            )
+        spike = rec.adapter.spike(output)
+        z = None
+        if self.method.injects_noise:
+            if self.config.inject == "after":
+                z = rec.noise.draw(spike, rec.steps, rec.fresh, self._generator(spike.device))
+                passed = torch.add(spike.detach(), z, alpha=self.alpha)
+            else:
+                z, passed = rec.z, spike.detach()
+        else:
+            passed = spike.detach()
+        self._pending[rec.name] = (spike, z)
+        return rec.adapter.replace_spike(output, passed)
+
+    def _traced_forward(self, module, rule, original, trace: TraceState, pres: list[_Neuron], x):
+        steps = pres[0].steps
+        a_hat = trace.update(x, steps, fresh=any(p.fresh for p in pres))
+        return traced_call(module, rule, x, a_hat, original)
+
+    def _tap(self, o: torch.Tensor, pre: Optional[_Neuron]) -> torch.Tensor:
+        """Readout of one call: method bookkeeping, then the Tap that carries feedback."""
+        steps = pre.steps if pre is not None else 1
+        self.steps += steps
+        if not self.method.cuts_spatial_bp or not self._pending:
+            return o
+        batch = pre.batch if pre is not None else o.shape[0]
+        names = [n for n in self.topology.hidden if n in self._pending]
+        spikes = [self._pending[n][0] for n in names]
+        call = TapCall(self.method, None, names, [], self.alpha, steps, batch)
+        call.z = [call.as_steps(self._pending[n][1]) if self._pending[n][1] is not None else None for n in names]
+        sizes = [s.numel() // (steps * batch) for s in spikes]
+        call.ctx = self.method.step(names, sizes, call.z, call.as_steps(o.detach()), call.alpha)
+        self._pending.clear()
+        return Tap.apply(o, call, *spikes)
+
+    # ------------------------------------------------------------------ helpers
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = self._generators[key] = torch.Generator(device=device)
+            gen.manual_seed(self._seed)
+        return gen
+
+    def _load_noise_state(self) -> None:
+        if self._pending_state is None or not self._neurons:
+            return
+        for name, state in self._pending_state.items():
+            if name in self._neurons:
+                self._neurons[name].noise.load_state_dict(state)
+        self._pending_state = None
+
+
+def train(model: nn.Module, method: str = "opzo", *, config: Optional[TrainConfig] = None,
+          example_input: Any = None, **options) -> Session:
+    """Train ``model`` with ``method`` inside a ``with`` block::
+
+        with opzo.train(net, method="opzo") as session:
+            ...  # the usual loop: out = net(x[t]); loss.backward(); optimizer.step()
+
+    ``options`` are the fields of :class:`TrainConfig` (``alpha``, ``momentum``, ``noise``,
+    ``inject``, ``antithetic``, ``scale_by_alpha``, ``trace``, ``trace_lambda``, ``seed``).
+    ``example_input`` (one step's input) discovers the model's layers on entry instead of at the
+    first training step. The returned :class:`Session` is also usable without ``with``:
+    ``session = opzo.train(net).open()`` ... ``session.close()``.
+    """
+    if config is None:
+        config = TrainConfig(method=method, **options)
+    elif options or method != "opzo":
+        raise TypeError("Pass either config=TrainConfig(...) or method/options, not both.")
+    return Session(model, config, example_input)
