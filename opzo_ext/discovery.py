@@ -29,6 +29,8 @@ class Topology:
     output_neurons: list[str]  # neurons whose output is the model output (no synapse in between)
     tap: tuple[str, str]  # ("synapse", name): tap its output; ("neuron", name): tap its input
     presynaptic: dict[str, list[str]] = field(default_factory=dict)  # synapse -> neurons feeding it
+    in_shapes: dict[str, tuple] = field(default_factory=dict)  # module -> shape of its first input
+    out_shapes: dict[str, tuple] = field(default_factory=dict)  # module -> shape of its first output
 
 
 def _tensors(obj: Any) -> Iterable[torch.Tensor]:
@@ -43,13 +45,13 @@ def _tensors(obj: Any) -> Iterable[torch.Tensor]:
 
 
 def _probe_copy(model: nn.Module) -> nn.Module:
-    """A deep copy sharing ``model``'s parameters and hook functions (hooks are not copied
-    objects); states that carry a graph are detached."""
+    """A deep copy sharing ``model``'s parameters, without any hooks (the user's hooks must not see
+    the probe step); states that carry a graph are detached."""
     memo: dict[int, Any] = {id(p): p for p in model.parameters()}
     for module in model.modules():
         for key, value in vars(module).items():
-            if key.endswith("_hooks") and isinstance(value, dict):
-                memo.update((id(fn), fn) for fn in value.values())
+            if "hooks" in key and isinstance(value, dict):
+                memo[id(value)] = type(value)()
             for t in _tensors(value):
                 if not isinstance(t, nn.Parameter) and t.grad_fn is not None:
                     memo[id(t)] = t.detach().clone()
@@ -80,9 +82,15 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, is_neuron: Callable[[n
     order: dict[str, str] = {}  # module name -> "neuron" | "synapse", in first-call order
     handles = []
 
+    in_shapes: dict[str, tuple] = {}
+    out_shapes: dict[str, tuple] = {}
+
     def record(name: str, table: dict):
         def hook(module, hook_args, output):
-            order.setdefault(name, "neuron" if table is neuron_out else "synapse")
+            if name not in order:
+                order[name] = "neuron" if table is neuron_out else "synapse"
+                in_shapes[name] = tuple(hook_args[0].shape) if hook_args else ()
+                out_shapes[name] = tuple(next(iter(_tensors(output))).shape)
             inputs.setdefault(name, []).append(hook_args[0].grad_fn if hook_args else None)
             for t in _tensors(output):
                 if t.grad_fn is not None:
@@ -134,5 +142,6 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, is_neuron: Callable[[n
             upstream = _walk(inputs[name], stops)
             presynaptic[name] = [n for n in neurons if n in upstream]
     hidden = [n for n in neurons if n not in out_neurons]
-    return Topology(neurons=neurons, hidden=hidden, output_neurons=out_neurons, tap=tap, presynaptic=presynaptic)
+    return Topology(neurons=neurons, hidden=hidden, output_neurons=out_neurons, tap=tap,
+                    presynaptic=presynaptic, in_shapes=in_shapes, out_shapes=out_shapes)
 

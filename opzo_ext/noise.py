@@ -27,17 +27,31 @@ def sample(distribution: str, shape: torch.Size, like: torch.Tensor, generator: 
 
 
 class NoiseSource:
-    """Noise of one neuron layer: ``draw(like, steps, fresh)`` returns ``z`` with ``like``'s shape
-    (``[steps, B, ...]`` when ``steps > 1``), flipping the previous ``z`` on every second step of a
-    sequence when ``antithetic``. ``fresh`` starts a new sequence."""
+    """Noise of one neuron layer, from its own generator (so that the noise of a layer does not
+    depend on the order in which layers or steps are computed: single-step and multi-step runs of
+    one model draw the same ``z``).
 
-    def __init__(self, distribution: str, antithetic: bool):
+    ``draw(like, steps, fresh)`` returns ``z`` with ``like``'s shape (``[steps, B, ...]`` when
+    ``steps > 1``), flipping the previous ``z`` on every second step of a sequence when
+    ``antithetic``. ``fresh`` starts a new sequence.
+    """
+
+    def __init__(self, distribution: str, antithetic: bool, seed: int):
         self.distribution = distribution
         self.antithetic = antithetic
+        self.seed = seed
+        self.generators: dict[str, torch.Generator] = {}
         self.parity = 0
         self.last: Optional[torch.Tensor] = None
 
-    def draw(self, like: torch.Tensor, steps: int, fresh: bool, generator: torch.Generator) -> torch.Tensor:
+    def generator(self, device: torch.device) -> torch.Generator:
+        gen = self.generators.get(str(device))
+        if gen is None:
+            gen = self.generators[str(device)] = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+        return gen
+
+    def draw(self, like: torch.Tensor, steps: int, fresh: bool) -> torch.Tensor:
         if fresh:
             self.parity, self.last = 0, None
         step_shape = like.shape[1:] if steps > 1 else like.shape
@@ -46,17 +60,20 @@ class NoiseSource:
             if self.antithetic and self.parity == 1 and self.last is not None and self.last.shape == step_shape:
                 z = -self.last
             else:
-                z = sample(self.distribution, step_shape, like, generator)
+                z = sample(self.distribution, step_shape, like, self.generator(like.device))
             self.parity = 1 - self.parity if self.antithetic else 0
             self.last = z
             zs.append(z)
         return torch.stack(zs) if steps > 1 else zs[0]
 
     def state_dict(self) -> dict:
-        return {"parity": self.parity, "last": self.last}
+        return {"parity": self.parity, "last": self.last,
+                "generators": {d: g.get_state() for d, g in self.generators.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.parity, self.last = state["parity"], state["last"]
+        for device, rng in state["generators"].items():
+            self.generator(torch.device(device)).set_state(rng)
 
 
 Alpha = Union[float, Callable[[int], float]]

@@ -15,6 +15,7 @@ Where things happen (one time step, training mode):
 """
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -78,7 +79,6 @@ class Session:
         self._removers: list = []
         self._pending_state: Optional[dict] = None
         self._open = False
-        self._discovering = False
 
     # ----------------------------------------------------------------- public API
     @property
@@ -124,6 +124,8 @@ class Session:
             self._generator(torch.device(device)).set_state(rng)
         self._pending_state = state["noise"]
         self._load_noise_state()
+        if self.topology is not None:
+            self.method.init_matrices(self._matrix_shapes(), next(self.model.parameters()))
 
     # ------------------------------------------------------------ attach / detach
     def __enter__(self) -> "Session":
@@ -177,36 +179,30 @@ class Session:
         return module.training and torch.is_grad_enabled()
 
     def _root_pre(self, model, args, kwargs):
-        if self._discovering:  # the probe copy shares this hook
-            return None
         self._pending.clear()
         if self.topology is None and self._active(model):
             self._discover(args, kwargs)
         return None
 
     def _discover(self, args: tuple, kwargs: dict) -> None:
-        self._discovering = True
-        try:
-            topology = discover(self.model, args, kwargs, self._is_neuron)
-        finally:
-            self._discovering = False
-        self._attach(topology)
+        self._attach(discover(self.model, args, kwargs, self._is_neuron))
 
     def _attach(self, topology: Topology) -> None:
         self.topology = topology
         modules = dict(self.model.named_modules())
         hidden = set(topology.hidden) if self.method.cuts_spatial_bp else set()
-        for name in topology.neurons:
+        for index, name in enumerate(topology.neurons):
             module = modules[name]
             adapter = find_adapter(module)
-            rec = _Neuron(name, module, adapter, name in hidden,
-                          NoiseSource(self.config.noise, self.config.antithetic))
+            noise = NoiseSource(self.config.noise, self.config.antithetic, seed=self._seed + 7919 * (index + 1))
+            rec = _Neuron(name, module, adapter, name in hidden, noise)
             self._neurons[name] = rec
             self._handles.append(module.register_forward_pre_hook(self._hook(self._neuron_pre, rec), with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._hook(self._neuron_post, rec)))
             if hasattr(adapter, "install_stepwise"):
                 self._removers.append(adapter.install_stepwise(module, lambda m=module: self._active(m)))
         self._load_noise_state()
+        self.method.init_matrices(self._matrix_shapes(), next(self.model.parameters()))
         for name, pres in topology.presynaptic.items():
             if pres and self.config.trace == "trace":
                 self._override_synapse(modules[name], [self._neurons[p] for p in pres])
@@ -216,6 +212,22 @@ class Session:
             pres = [self._neurons[p] for p in topology.presynaptic.get(name, [])]
             self._handles.append(syn.register_forward_hook(
                 lambda m, a, out: self._tap(out, pres[0] if pres else None) if self._active(m) else None))
+
+    def _matrix_shapes(self) -> dict[str, tuple[int, int]]:
+        """``[n_l, m]`` per hidden layer, from the probe's shapes (per step and sample)."""
+        topo = self.topology
+
+        def steps_batch(name: str) -> tuple[int, int]:
+            shape, rec = topo.out_shapes[name], self._neurons[name]
+            return (shape[0], shape[1]) if rec.adapter.is_multistep(rec.module) else (1, shape[0])
+
+        kind, site = topo.tap
+        ref = site if kind == "neuron" else (topo.presynaptic.get(site) or [None])[0]
+        tap_shape = topo.in_shapes[site] if kind == "neuron" else topo.out_shapes[site]
+        steps, batch = steps_batch(ref) if ref else (1, tap_shape[0])
+        m = math.prod(tap_shape) // (steps * batch)
+        return {n: (math.prod(topo.out_shapes[n]) // math.prod(steps_batch(n)), m)
+                for n in topo.hidden if self._neurons[n].hidden}
 
     @staticmethod
     def _hook(fn, rec):
@@ -245,7 +257,7 @@ class Session:
         rec.steps, rec.batch = (x.shape[0] if multistep else 1), step_shape[0]
         args, kwargs = rec.adapter.detach_state(rec.module, args, kwargs)
         if rec.hidden and self.method.injects_noise and self.config.inject == "before":
-            rec.z = rec.noise.draw(x, rec.steps, rec.fresh, self._generator(x.device))
+            rec.z = rec.noise.draw(x, rec.steps, rec.fresh)
             args = (torch.add(x, rec.z, alpha=self.alpha), *args[1:])
         if self.topology.tap == ("neuron", rec.name):
             args = (self._tap(args[0], rec), *args[1:])
@@ -265,7 +277,7 @@ class Session:
         z = None
         if self.method.injects_noise:
             if self.config.inject == "after":
-                z = rec.noise.draw(spike, rec.steps, rec.fresh, self._generator(spike.device))
+                z = rec.noise.draw(spike, rec.steps, rec.fresh)
                 passed = torch.add(spike.detach(), z, alpha=self.alpha)
             else:
                 z, passed = rec.z, spike.detach()
@@ -290,8 +302,7 @@ class Session:
         spikes = [self._pending[n][0] for n in names]
         call = TapCall(self.method, None, names, [], self.alpha, steps, batch)
         call.z = [call.as_steps(self._pending[n][1]) if self._pending[n][1] is not None else None for n in names]
-        sizes = [s.numel() // (steps * batch) for s in spikes]
-        call.ctx = self.method.step(names, sizes, call.z, call.as_steps(o.detach()), call.alpha)
+        call.ctx = self.method.step(names, call.z, call.as_steps(o.detach()), call.alpha)
         self._pending.clear()
         return Tap.apply(o, call, *spikes)
 

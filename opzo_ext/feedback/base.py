@@ -32,11 +32,22 @@ class Feedback:
         self.generator_for = generator_for  # device -> torch.Generator of the session
         self.matrices: dict[str, torch.Tensor] = {}  # neuron name -> [n_l, m] feedback matrix
 
+    def new_matrix(self, shape: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
+        """The initial feedback matrix ``[n_l, m]`` of a layer (None: the method has none)."""
+        return None
+
+    def init_matrices(self, shapes: dict[str, tuple[int, int]], like: torch.Tensor) -> None:
+        """Create the feedback matrices once the layers are known; loaded ones are checked."""
+        for name, shape in shapes.items():
+            if self.matrix(name, shape, like) is None:
+                m = self.new_matrix(shape, like)
+                if m is not None:
+                    self.matrices[name] = m
+
     @torch.no_grad()
-    def step(self, layers: list[str], sizes: list[int], z: list[Optional[torch.Tensor]], o: torch.Tensor,
-             alpha: float) -> Any:
+    def step(self, layers: list[str], z: list[Optional[torch.Tensor]], o: torch.Tensor, alpha: float) -> Any:
         """Bookkeeping of one readout call (no autograd); returns what :meth:`signal` needs.
-        ``sizes[l]`` is ``n_l``; ``z[l]`` is None for methods without noise."""
+        ``z[l]`` is None for methods without noise."""
         return None
 
     def signal(self, ctx: Any, layers: list[str], z: list[Optional[torch.Tensor]], e: torch.Tensor,

@@ -10,17 +10,12 @@ from .base import Feedback, matrix_signal
 class DFA(Feedback):
     name = "dfa"
 
-    @torch.no_grad()
-    def step(self, layers, sizes, z, o, alpha):
-        mats = []
-        for name, n in zip(layers, sizes):
-            b = self.matrix(name, (n, o.shape[-1]), o)
-            if b is None:
-                b = o.new_empty(n, o.shape[-1])
-                torch.nn.init.kaiming_uniform_(b, generator=self.generator_for(o.device))
-                self.matrices[name] = b
-            mats.append([b])
-        return mats
+    def new_matrix(self, shape, like):
+        b = like.new_empty(shape)
+        return torch.nn.init.kaiming_uniform_(b, generator=self.generator_for(like.device))
+
+    def step(self, layers, z, o, alpha):
+        return [[self.matrices[name]] for name in layers]
 
     def signal(self, ctx, layers, z, e, alpha):
         return matrix_signal(ctx, e)

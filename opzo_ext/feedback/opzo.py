@@ -20,17 +20,17 @@ class OPZO(Feedback):
     name = "opzo"
     injects_noise = True
 
+    def new_matrix(self, shape, like):
+        return like.new_zeros(shape)
+
     @torch.no_grad()
-    def step(self, layers, sizes, z, o, alpha):
+    def step(self, layers, z, o, alpha):
         lam = self.config.momentum
         batch = o.shape[1]
         scale = (1.0 - lam) / batch / (alpha if self.config.scale_by_alpha else 1.0)
         per_layer = []
-        for name, n, z_l in zip(layers, sizes, z):
-            m = self.matrix(name, (n, o.shape[-1]), o)
-            if m is None:
-                m = o.new_zeros(n, o.shape[-1])
-            history = []
+        for name, z_l in zip(layers, z):
+            m, history = self.matrices[name], []
             for t in range(o.shape[0]):
                 m = torch.addmm(m, z_l[t].t(), o[t], beta=lam, alpha=scale)
                 history.append(m)
