@@ -29,6 +29,7 @@ from .discovery import Topology, discover
 from .errors import OpzoError
 from .feedback import METHODS, LossRecorder, Tap, TapCall
 from .noise import NoiseSource
+from .patching import override
 from .traces import TraceState, fused_rule, traced_call
 
 _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
@@ -136,11 +137,13 @@ class Session:
         return False
 
     def open(self) -> "Session":
-        for active in _ACTIVE:
-            if any(m is self.model for m in active.modules()) or any(m is active for m in self.model.modules()):
+        claimed = {id(m): active for active in _ACTIVE for m in active.modules()}
+        for name, module in self.model.named_modules():
+            if id(module) in claimed:
                 raise OpzoError(
-                    f"{type(self.model).__name__} already has an open opzo_ext session (on "
-                    f"{type(active).__name__}); close it before opening another one."
+                    f"{type(self.model).__name__} already has an open opzo_ext session: its module "
+                    f"'{name or type(module).__name__}' belongs to the session on "
+                    f"{type(claimed[id(module)]).__name__}; close that session before opening another one."
                 )
         _ACTIVE.add(self.model)
         self._open = True
@@ -237,15 +240,16 @@ class Session:
         lam = self.config.trace_lambda
         if lam is None:
             lam = pres[0].adapter.leak(pres[0].module)
-        trace, rule, original = TraceState(lam), fused_rule(module), module.forward
+        patched = "forward" in module.__dict__  # someone replaced this instance's forward: honour it
+        trace, original = TraceState(lam), module.forward
+        rule = None if patched else fused_rule(module)
 
         def forward(x, *args, **kwargs):
             if args or kwargs or not self._active(module):
                 return original(x, *args, **kwargs)
             return self._traced_forward(module, rule, original, trace, pres, x)
 
-        module.forward = forward
-        self._removers.append(lambda: module.__dict__.pop("forward", None))
+        self._removers.append(override(module, "forward", forward))
 
     # ------------------------------------------------------------ per-step hooks
     def _neuron_pre(self, rec: _Neuron, args: tuple, kwargs: dict):

@@ -10,8 +10,10 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .base import NeuronAdapter
 
-SUPPORTED = ("Leaky", "Synaptic", "Lapicque", "Alpha")
+SUPPORTED = ("Leaky", "Synaptic", "Lapicque")
 WHY_NOT = {
+    "Alpha": "its input enters two synaptic currents that cancel within a step (mem = tau * "
+             "(syn_exc + syn_inh)), so with the state cut every step no gradient reaches its input",
     "LeakyParallel": "it processes the whole sequence in one call (no per-step state to detach)",
     "StateLeaky": "it processes the whole sequence in one call (no per-step state to detach)",
     "LinearLeaky": "it processes the whole sequence in one call (no per-step state to detach)",

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from ..patching import override
 from .base import NeuronAdapter
 
 WHY_NOT = {
@@ -91,9 +92,4 @@ class SpikingJellyAdapter(NeuronAdapter):
                 return torch.stack(outputs)
             return type(outputs[0])(torch.stack(parts) for parts in zip(*outputs))
 
-        module.multi_step_forward = multi_step_forward
-
-        def remove() -> None:
-            module.__dict__.pop("multi_step_forward", None)
-
-        return remove
+        return override(module, "multi_step_forward", multi_step_forward)

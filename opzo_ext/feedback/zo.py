@@ -45,7 +45,10 @@ class LossRecorder:
         grad = grad_tensors[0] if isinstance(grad_tensors, (tuple, list)) else grad_tensors
         with torch.no_grad():
             cls.value = (root * grad).sum() if grad is not None else root.detach().sum()
-        return cls._original(tensors, grad_tensors, *args, **kwargs)
+        try:
+            return cls._original(tensors, grad_tensors, *args, **kwargs)
+        finally:
+            cls.value = None
 
 
 class ZO(Feedback):
