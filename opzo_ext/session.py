@@ -307,6 +307,8 @@ class Session:
         call = TapCall(self.method, None, names, [], self.alpha, steps, batch)
         call.z = [call.as_steps(self._pending[n][1]) if self._pending[n][1] is not None else None for n in names]
         call.ctx = self.method.step(names, call.z, call.as_steps(o.detach()), call.alpha)
+        if not self.method.signal_uses_noise:
+            call.z = []
         self._pending.clear()
         return Tap.apply(o, call, *spikes)
 

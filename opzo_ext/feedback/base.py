@@ -26,6 +26,7 @@ class Feedback:
     cuts_spatial_bp = True  # hidden spikes are detached downstream; feedback enters through Tap
     injects_noise = False  # hidden layers get alpha * z
     needs_loss = False  # the signal uses the scalar loss value (ZO)
+    signal_uses_noise = False  # signal() reads z (else z is dropped after step() to save memory)
 
     def __init__(self, config, generator_for):
         self.config = config

@@ -55,6 +55,7 @@ class ZO(Feedback):
     name = "zo"
     injects_noise = True
     needs_loss = True
+    signal_uses_noise = True
 
     def signal(self, ctx, layers, z, e, alpha):
         loss = LossRecorder.value
