@@ -16,6 +16,7 @@ Where things happen (one time step, training mode):
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -80,6 +81,7 @@ class Session:
         self._removers: list = []
         self._pending_state: Optional[dict] = None
         self._open = False
+        self._warned_eval = False
 
     # ----------------------------------------------------------------- public API
     @property
@@ -185,6 +187,13 @@ class Session:
         self._pending.clear()
         if self.topology is None and self._active(model):
             self._discover(args, kwargs)
+        elif not model.training and torch.is_grad_enabled() and not self._warned_eval:
+            self._warned_eval = True
+            warnings.warn(
+                f"{type(model).__name__} runs in eval mode with gradients enabled inside an opzo_ext "
+                "session: the session is inactive (no noise, no feedback, no state detaching), so a "
+                "backward() here is plain BPTT. Call model.train() before training steps, or wrap "
+                "evaluation in torch.no_grad().", stacklevel=3)
         return None
 
     def _discover(self, args: tuple, kwargs: dict) -> None:

@@ -1,6 +1,8 @@
 """Every bad input raises an error whose message names the problem (and the fix)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -213,3 +215,17 @@ def test_zo_with_autograd_grad_after_a_backward_raises():
         with pytest.raises(opzo.OpzoError, match=r"loss\.backward\(\)"):
             torch.autograd.grad(loss, list(net.parameters()))
 
+
+
+def test_forward_in_eval_mode_with_gradients_warns_once():
+    net = tiny_snn()
+    with opzo.train(net, method="opzo", seed=0):
+        net(torch.rand(2, 4) * 3)  # training step: attaches
+        net.eval()
+        with pytest.warns(UserWarning, match=r"eval mode.*model\.train\(\)"):
+            net(torch.rand(2, 4) * 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            net(torch.rand(2, 4) * 3)  # only once
+            with torch.no_grad():
+                net(torch.rand(2, 4) * 3)
