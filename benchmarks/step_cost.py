@@ -8,6 +8,7 @@ Cases (the core-engine issue):
 Each (case, method) runs in its own subprocess so that peak memory (max RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU) belongs to that method alone. Memory is reported as
 the growth of the peak over the process's footprint after building model, optimizer and data.
+Runs are repeated (``--repeats``) with the method order rotated; medians are reported.
 
     python benchmarks/step_cost.py                 # both cases, CPU
     python benchmarks/step_cost.py --case conv --device cuda --batch 128
@@ -110,7 +111,9 @@ def main() -> None:
     parser.add_argument("--case", choices=[*CASES, "all"], default="all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=None, help="override the case's batch size")
-    parser.add_argument("--iters", type=int, default=2, help="timed iterations (after one warm-up)")
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations per run (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per method, interleaved across methods; the median is reported")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
@@ -122,14 +125,22 @@ def main() -> None:
         return
 
     results = []
+    methods = args.methods.split(",")
     for case in (CASES if args.case == "all" else [args.case]):
-        for method in args.methods.split(","):
-            cmd = [sys.executable, __file__, "--_child", f"{case}:{method}", "--device", args.device,
-                   "--iters", str(args.iters)] + (["--batch", str(args.batch)] if args.batch else [])
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            results.append(json.loads(out))
-            print(f"  {case:5s} {method:5s} {results[-1]['ms_per_step']:9.1f} ms/step "
-                  f"{results[-1]['peak_mb']:8.0f} MB", file=sys.stderr, flush=True)
+        runs = {m: [] for m in methods}
+        for rep in range(args.repeats):
+            for method in methods[rep % len(methods):] + methods[:rep % len(methods)]:  # rotate the order
+                cmd = [sys.executable, __file__, "--_child", f"{case}:{method}", "--device", args.device,
+                       "--iters", str(args.iters)] + (["--batch", str(args.batch)] if args.batch else [])
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                runs[method].append(json.loads(out))
+                print(f"  {case:5s} {method:5s} run {rep + 1}: {runs[method][-1]['ms_per_step']:9.1f} ms/step "
+                      f"{runs[method][-1]['peak_mb']:8.0f} MB", file=sys.stderr, flush=True)
+        for method in methods:
+            times = sorted(r["ms_per_step"] for r in runs[method])
+            mems = sorted(r["peak_mb"] for r in runs[method])
+            results.append({"case": case, "method": method, "ms_per_step": times[len(times) // 2],
+                            "peak_mb": mems[len(mems) // 2], "runs": runs[method]})
     print(f"\n{'case':5s} {'method':6s} {'ms/step':>9s} {'x bp':>6s} {'x ottt':>7s} {'peak MB':>8s} {'mem x bp':>9s}")
     for case in {r["case"]: None for r in results}:
         rows = {r["method"]: r for r in results if r["case"] == case}

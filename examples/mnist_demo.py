@@ -87,9 +87,11 @@ def train(method: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, args) -
     start = time.perf_counter()
     net.train()
     snntorch.utils.reset(net)
-    with opzo.train(net, method=method) as session:
+    # the paper's schedule: alpha decays linearly from 0.2 to 0.01 over the epochs (unused by bp)
+    alpha = opzo.linear_alpha(0.2, 0.01, epochs=args.epochs)
+    with opzo.train(net, method=method, alpha=alpha) as session:
         for epoch in range(args.epochs):
-            session.epoch = epoch  # read by epoch-dependent noise schedules (the default is constant)
+            session.epoch = epoch  # read by the alpha schedule
             perm = torch.randperm(len(x), generator=order_gen)
             seen = correct = 0
             loss_sum = 0.0

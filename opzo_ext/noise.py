@@ -33,7 +33,9 @@ class NoiseSource:
 
     ``draw(like, steps, fresh)`` returns ``z`` with ``like``'s shape (``[steps, B, ...]`` when
     ``steps > 1``), flipping the previous ``z`` on every second step of a sequence when
-    ``antithetic``. ``fresh`` starts a new sequence.
+    ``antithetic``. With antithetic pairs a float32 ``z`` is rounded to bfloat16 (and used so on
+    both steps of the pair): the stored copy costs half the memory, and the pair stays exactly
+    ``z, -z``. ``fresh`` starts a new sequence.
     """
 
     def __init__(self, distribution: str, antithetic: bool, seed: int):
@@ -42,7 +44,7 @@ class NoiseSource:
         self.seed = seed
         self.generators: dict[str, torch.Generator] = {}
         self.parity = 0
-        self.last: Optional[torch.Tensor] = None
+        self.last: Optional[torch.Tensor] = None  # z of the previous step, to flip at this one
 
     def generator(self, device: torch.device) -> torch.Generator:
         gen = self.generators.get(str(device))
@@ -58,11 +60,13 @@ class NoiseSource:
         zs = []
         for _ in range(steps):
             if self.antithetic and self.parity == 1 and self.last is not None and self.last.shape == step_shape:
-                z = -self.last
+                z, self.last = self.last.to(like.dtype).neg_(), None
             else:
                 z = sample(self.distribution, step_shape, like, self.generator(like.device))
+                if self.antithetic:  # kept for one step in bfloat16: half the memory of a float32 z
+                    self.last = z.to(torch.bfloat16) if z.dtype == torch.float32 else z
+                    z = self.last.to(like.dtype)
             self.parity = 1 - self.parity if self.antithetic else 0
-            self.last = z
             zs.append(z)
         return torch.stack(zs) if steps > 1 else zs[0]
 

@@ -77,6 +77,7 @@ class Session:
         self._generators: dict[str, torch.Generator] = {}
         self._neurons: dict[str, _Neuron] = {}
         self._pending: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._live_taps: "weakref.WeakSet[TapCall]" = weakref.WeakSet()  # graphs not yet backpropagated
         self._handles: list = []
         self._removers: list = []
         self._pending_state: Optional[dict] = None
@@ -315,7 +316,9 @@ class Session:
         spikes = [self._pending[n][0] for n in names]
         call = TapCall(self.method, None, names, [], self.alpha, steps, batch)
         call.z = [call.as_steps(self._pending[n][1]) if self._pending[n][1] is not None else None for n in names]
-        call.ctx = self.method.step(names, call.z, call.as_steps(o.detach()), call.alpha)
+        in_place = not self._live_taps  # no graph of an earlier step still holds the matrices
+        call.ctx = self.method.step(names, call.z, call.as_steps(o.detach()), call.alpha, in_place)
+        self._live_taps.add(call)
         if not self.method.signal_uses_noise:
             call.z = []
         self._pending.clear()

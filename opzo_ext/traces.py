@@ -63,7 +63,7 @@ class TracedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, a_hat, weight, bias):
-        ctx.save_for_backward(a_hat, weight)
+        ctx.save_for_backward(a_hat, weight if x.requires_grad else None)
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
@@ -83,18 +83,20 @@ class TracedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, a_hat, weight, bias, stride, padding, dilation, groups):
-        ctx.save_for_backward(a_hat, weight)
-        ctx.conf = (stride, padding, dilation, groups, bias is not None)
+        ctx.save_for_backward(a_hat, weight if x.requires_grad else None)
+        ctx.conf = (stride, padding, dilation, groups, bias is not None, weight.shape)
         return torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
 
     @staticmethod
     def backward(ctx, grad):
         a_hat, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias = ctx.conf
+        stride, padding, dilation, groups, has_bias, shape = ctx.conf
         need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
         need_b = need_b and has_bias
+        if weight is None:  # only its shape matters when the input needs no gradient
+            weight = grad.new_empty((1,) * len(shape)).expand(shape)
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, a_hat, weight, [weight.shape[0]] if has_bias else None,
+            grad, a_hat, weight, [shape[0]] if has_bias else None,
             stride, padding, dilation, False, [0] * len(stride), groups, [need_x, need_w, need_b],
         )
         return gx, None, gw, gb, None, None, None, None

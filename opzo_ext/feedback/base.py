@@ -46,9 +46,11 @@ class Feedback:
                     self.matrices[name] = m
 
     @torch.no_grad()
-    def step(self, layers: list[str], z: list[Optional[torch.Tensor]], o: torch.Tensor, alpha: float) -> Any:
+    def step(self, layers: list[str], z: list[Optional[torch.Tensor]], o: torch.Tensor, alpha: float,
+             in_place: bool = False) -> Any:
         """Bookkeeping of one readout call (no autograd); returns what :meth:`signal` needs.
-        ``z[l]`` is None for methods without noise."""
+        ``z[l]`` is None for methods without noise; ``in_place``: no earlier Tap is still alive,
+        so state may be updated in place."""
         return None
 
     def signal(self, ctx: Any, layers: list[str], z: list[Optional[torch.Tensor]], e: torch.Tensor,
@@ -78,7 +80,7 @@ class Feedback:
         self.matrices = dict(state["matrices"])
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the session tracks live calls in a WeakSet
 class TapCall:
     """One readout call: the method, what its ``step`` returned, and the layout of ``o``."""
 

@@ -14,7 +14,7 @@ class DFA(Feedback):
         b = like.new_empty(shape)
         return torch.nn.init.kaiming_uniform_(b, generator=self.generator_for(like.device))
 
-    def step(self, layers, z, o, alpha):
+    def step(self, layers, z, o, alpha, in_place=False):
         return [[self.matrices[name]] for name in layers]
 
     def signal(self, ctx, layers, z, e, alpha):

@@ -6,8 +6,10 @@ Per time step ``t`` and hidden layer ``l``, with noise ``z_l[t]`` ``[B, n_l]`` a
     M_l <- lam * M_l + (1 - lam) * z_l[t]^T o~[t] / B   (/ alpha if scale_by_alpha)
     g_l[t] = e[t] @ M_l^T                               (i.e. M_l e per sample)
 
-M starts at zero. The update is out of place, so a graph built at step ``t`` keeps ``M_l`` as it
-was at step ``t`` even when backward runs after later steps (time loop inside ``forward``).
+M starts at zero. M is updated in place only when no graph still holds it (``in_place``: the
+previous steps' backward has run); otherwise out of place, so a graph built at step ``t`` keeps
+``M_l`` as it was at step ``t`` even when backward runs after later steps (time loop inside
+``forward``, multi-step models).
 """
 from __future__ import annotations
 
@@ -21,20 +23,23 @@ class OPZO(Feedback):
     injects_noise = True
 
     def new_matrix(self, shape, like):
-        return like.new_zeros(shape)
+        return like.new_zeros(shape[::-1]).t()  # stored as M^T [m, n_l]: both products run row-major
 
     @torch.no_grad()
-    def step(self, layers, z, o, alpha):
+    def step(self, layers, z, o, alpha, in_place=False):
         lam = self.config.momentum
         batch = o.shape[1]
         scale = (1.0 - lam) / batch / (alpha if self.config.scale_by_alpha else 1.0)
         per_layer = []
         for name, z_l in zip(layers, z):
-            m, history = self.matrices[name], []
-            for t in range(o.shape[0]):
-                m = torch.addmm(m, z_l[t].t(), o[t], beta=lam, alpha=scale)
-                history.append(m)
-            self.matrices[name] = m
+            mt, history = self.matrices[name].t(), []
+            for t in range(o.shape[0]):  # M^T <- lam M^T + c o~^T z
+                if in_place and o.shape[0] == 1:
+                    mt.addmm_(o[t].t(), z_l[t], beta=lam, alpha=scale)
+                else:
+                    mt = torch.addmm(mt, o[t].t(), z_l[t], beta=lam, alpha=scale)
+                history.append(mt.t())
+            self.matrices[name] = history[-1]
             per_layer.append(history)
         return per_layer
 
