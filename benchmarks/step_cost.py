@@ -9,6 +9,9 @@ Each (case, method) runs in its own subprocess so that peak memory (max RSS on C
 ``torch.cuda.max_memory_allocated`` on GPU) belongs to that method alone. Memory is reported as
 the growth of the peak over the process's footprint after building model, optimizer and data.
 Runs are repeated (``--repeats``) with the method order rotated; medians are reported.
+Because RSS is coarse, the exact activation memory is reported too: the bytes autograd saves for
+backward in one time step (distinct storages, parameters excluded) plus the state a method keeps
+across steps (feedback matrices, stored antithetic noise; OTTT's traces).
 
     python benchmarks/step_cost.py                 # both cases, CPU
     python benchmarks/step_cost.py --case conv --device cuda --batch 128
@@ -84,6 +87,37 @@ def run_one(case: str, method: str, device: str, batch: int, steps: int, iters: 
         opt.zero_grad(set_to_none=True)
         functional.reset_net(net)
 
+    def saved_bytes() -> int:
+        """Largest sum over one time step of the (distinct, non-parameter) tensors autograd saves
+        for backward: the activation memory of a step, measured exactly."""
+        params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+        per_step = []
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                per_step[-1][ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            for t in range(steps):
+                per_step.append({})
+                F.cross_entropy(net(x[t]), y).backward()
+        opt.zero_grad(set_to_none=True)
+        functional.reset_net(net)
+        return max(sum(d.values()) for d in per_step)
+
+    def state_bytes() -> int:
+        """Session state kept across steps: feedback matrices, stored noise, traces."""
+        if session is None:  # OTTT keeps its traces in the neurons' memories
+            return sum(v.numel() * v.element_size() for m in net.modules()
+                       for k, v in getattr(m, "_memories", {}).items() if k == "trace" and torch.is_tensor(v))
+        total = sum(m.numel() * m.element_size() for m in session.feedback.values())
+        for rec in session._neurons.values():
+            if rec.noise.last is not None:
+                total += rec.noise.last.numel() * rec.noise.last.element_size()
+        return total
+
     session = None if method == "ottt" else opzo.train(net, method=method).open()
     try:
         sync()
@@ -98,12 +132,19 @@ def run_one(case: str, method: str, device: str, batch: int, steps: int, iters: 
             iteration()
         sync()
         elapsed = time.perf_counter() - start
+        for t in range(steps - 1):  # leave the sequence mid-way to see the stored noise of a pair
+            net(x[t])
+        state = state_bytes()
+        opt.zero_grad(set_to_none=True)
+        functional.reset_net(net)
+        activations = saved_bytes()
     finally:
         if session is not None:
             session.close()
     peak_mb = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if cuda else \
         (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return {"case": case, "method": method, "ms_per_step": 1000 * elapsed / (iters * steps), "peak_mb": peak_mb}
+    return {"case": case, "method": method, "ms_per_step": 1000 * elapsed / (iters * steps), "peak_mb": peak_mb,
+            "saved_mb": activations / 2**20, "state_mb": state / 2**20}
 
 
 def main() -> None:
@@ -140,8 +181,10 @@ def main() -> None:
             times = sorted(r["ms_per_step"] for r in runs[method])
             mems = sorted(r["peak_mb"] for r in runs[method])
             results.append({"case": case, "method": method, "ms_per_step": times[len(times) // 2],
-                            "peak_mb": mems[len(mems) // 2], "runs": runs[method]})
-    print(f"\n{'case':5s} {'method':6s} {'ms/step':>9s} {'x bp':>6s} {'x ottt':>7s} {'peak MB':>8s} {'mem x bp':>9s}")
+                            "peak_mb": mems[len(mems) // 2], "saved_mb": runs[method][0]["saved_mb"],
+                            "state_mb": runs[method][0]["state_mb"], "runs": runs[method]})
+    print(f"\n{'case':5s} {'method':6s} {'ms/step':>9s} {'x bp':>6s} {'x ottt':>7s} {'peak MB':>8s} {'mem x bp':>9s}"
+          f" {'saved+state MB':>15s} {'x bp':>6s}")
     for case in {r["case"]: None for r in results}:
         rows = {r["method"]: r for r in results if r["case"] == case}
         bp, ottt = rows.get("bp"), rows.get("ottt")
@@ -149,7 +192,10 @@ def main() -> None:
             tb = r["ms_per_step"] / bp["ms_per_step"] if bp else float("nan")
             to = r["ms_per_step"] / ottt["ms_per_step"] if ottt else float("nan")
             mb = r["peak_mb"] / bp["peak_mb"] if bp and bp["peak_mb"] > 0 else float("nan")
-            print(f"{case:5s} {method:6s} {r['ms_per_step']:9.1f} {tb:6.2f} {to:7.2f} {r['peak_mb']:8.0f} {mb:9.2f}")
+            exact = r["saved_mb"] + r["state_mb"]
+            eb = exact / (bp["saved_mb"] + bp["state_mb"]) if bp else float("nan")
+            print(f"{case:5s} {method:6s} {r['ms_per_step']:9.1f} {tb:6.2f} {to:7.2f} {r['peak_mb']:8.0f} {mb:9.2f}"
+                  f" {exact:15.1f} {eb:6.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
