@@ -7,7 +7,7 @@ from typing import Optional
 from .errors import ConfigError
 from .noise import DISTRIBUTIONS, Alpha
 
-METHOD_NAMES = ("bp", "opzo", "dfa", "zo")
+METHOD_NAMES = ("bp", "opzo", "dfa", "dkp", "zo")
 
 
 @dataclass
@@ -16,7 +16,8 @@ class TrainConfig:
 
     Attributes:
         method: ``"bp"`` (online BP with traces = OTTT), ``"opzo"`` (momentum feedback M),
-            ``"dfa"`` (fixed random feedback B), ``"zo"`` (single-point zeroth order, loss x z).
+            ``"dfa"`` (fixed random feedback B), ``"dkp"`` (feedback B learned by Adam from
+            activity x error), ``"zo"`` (single-point zeroth order, loss x z).
         alpha: noise scale, a float or a function ``epoch -> float``
             (see :func:`opzo_ext.noise.linear_alpha`; the paper decays 0.2 -> 0.01).
         momentum: ``lam`` of ``M <- lam M + (1 - lam) z o~^T``.
@@ -27,6 +28,7 @@ class TrainConfig:
         trace: ``"trace"`` (``a_hat = lam a_hat + s``, OTTT) or ``"spike"`` (``a_hat = s``).
         trace_lambda: decay of the traces; None takes each presynaptic neuron's leak.
         seed: seed of the session's noise and DFA matrices; None draws it from torch's global RNG.
+        dkp_lr, dkp_weight_decay: Adam settings of DKP's feedback matrices.
     """
 
     method: str = "opzo"
@@ -39,6 +41,8 @@ class TrainConfig:
     trace: str = "trace"
     trace_lambda: Optional[float] = None
     seed: Optional[int] = None
+    dkp_lr: float = 2e-4
+    dkp_weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         def choice(field: str, value, options) -> None:

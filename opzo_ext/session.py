@@ -50,6 +50,7 @@ class _Neuron:
     steps: int = 1  # time steps in the latest call
     batch: int = 0
     z: Optional[torch.Tensor] = None  # noise injected before the neuron in the latest call
+    activity: Optional[TraceState] = None  # trace of its own spikes (methods that learn from it)
 
 
 class Session:
@@ -209,6 +210,8 @@ class Session:
             adapter = find_adapter(module)
             noise = NoiseSource(self.config.noise, self.config.antithetic, seed=self._seed + 7919 * (index + 1))
             rec = _Neuron(name, module, adapter, name in hidden, noise)
+            if rec.hidden and self.method.needs_activity:
+                rec.activity = TraceState(self._trace_lambda(rec))
             self._neurons[name] = rec
             self._handles.append(module.register_forward_pre_hook(self._hook(self._neuron_pre, rec), with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._hook(self._neuron_post, rec)))
@@ -242,14 +245,18 @@ class Session:
         return {n: (math.prod(topo.out_shapes[n]) // math.prod(steps_batch(n)), m)
                 for n in topo.hidden if self._neurons[n].hidden}
 
+    def _trace_lambda(self, rec: _Neuron) -> float:
+        """Decay of the traces of ``rec``'s spikes: the option, else the neuron's own leak."""
+        if self.config.trace == "spike":
+            return 0.0
+        return self.config.trace_lambda if self.config.trace_lambda is not None else rec.adapter.leak(rec.module)
+
     @staticmethod
     def _hook(fn, rec):
         return lambda module, *rest: fn(rec, *rest) if module.training and torch.is_grad_enabled() else None
 
     def _override_synapse(self, module: nn.Module, pres: list[_Neuron]) -> None:
-        lam = self.config.trace_lambda
-        if lam is None:
-            lam = pres[0].adapter.leak(pres[0].module)
+        lam = self._trace_lambda(pres[0])
         patched = "forward" in module.__dict__  # someone replaced this instance's forward: honour it
         trace, original = TraceState(lam), module.forward
         rule = None if patched else fused_rule(module)
@@ -297,7 +304,8 @@ class Session:
                 z, passed = rec.z, spike.detach()
         else:
             passed = spike.detach()
-        self._pending[rec.name] = (spike, z)
+        activity = rec.activity.update(spike, rec.steps, rec.fresh) if rec.activity is not None else None
+        self._pending[rec.name] = (spike, z, activity)
         return rec.adapter.replace_spike(output, passed)
 
     def _traced_forward(self, module, rule, original, trace: TraceState, pres: list[_Neuron], x):
@@ -313,11 +321,12 @@ class Session:
             return o
         batch = pre.batch if pre is not None else o.shape[0]
         names = [n for n in self.topology.hidden if n in self._pending]
-        spikes = [self._pending[n][0] for n in names]
-        call = TapCall(self.method, None, names, [], self.alpha, steps, batch)
-        call.z = [call.as_steps(self._pending[n][1]) if self._pending[n][1] is not None else None for n in names]
+        spikes, z, activity = zip(*(self._pending[n] for n in names))
+        call = TapCall(self.method, names, [], [], self.alpha, steps, batch)
+        call.z = [call.as_steps(t) if t is not None else None for t in z]
+        call.activity = [call.as_steps(t) if t is not None else None for t in activity]
         in_place = not self._live_taps  # no graph of an earlier step still holds the matrices
-        call.ctx = self.method.step(names, call.z, call.as_steps(o.detach()), call.alpha, in_place)
+        call.ctx = self.method.step(call, call.as_steps(o.detach()), in_place)
         self._live_taps.add(call)
         if not self.method.signal_uses_noise:
             call.z = []

@@ -23,8 +23,8 @@ def tiny_snn() -> nn.Sequential:
 # ------------------------------------------------------------------------ TrainConfig
 
 @pytest.mark.parametrize("field, value, allowed", [
-    ("method", "foo", r"'bp', 'opzo', 'dfa', 'zo'"),
-    ("method", "OPZO", r"'bp', 'opzo', 'dfa', 'zo'"),
+    ("method", "foo", r"'bp', 'opzo', 'dfa', 'dkp', 'zo'"),
+    ("method", "OPZO", r"'bp', 'opzo', 'dfa', 'dkp', 'zo'"),
     ("noise", "uniform", r"'gaussian', 'rademacher', 'sphere'"),
     ("inject", "middle", r"'after', 'before'"),
     ("trace", "eligibility", r"'trace', 'spike'"),

@@ -231,3 +231,30 @@ def test_no_spatial_bp_reaches_hidden_layers():
             F.cross_entropy(net(x[t]), y).backward()
     assert net[0].weight.grad.abs().max() == 0 and net[2].weight.grad.abs().max() == 0
     assert net[4].weight.grad.abs().max() > 0
+
+
+def test_dkp_learns_B_with_adam_from_activity_times_error():
+    net, (x, y) = make_net(), data()
+    lr = 1e-2
+    log, _, start, final = run("dkp", net, x, y, dkp_lr=lr)
+    assert all(torch.equal(v, torch.zeros_like(v)) for v in start.values())  # B starts at zero
+    e = [(F.softmax(o, 1) - F.one_hot(y, 3)) / B for o in log["o"]]
+    act = {"1": traces(log["s1"]), "3": traces(log["s2"])}  # each layer's own spike trace
+    # reference: Adam on B with gradient a_l[t]^T e[t] after each step; the signal uses B before it
+    ref = {k: torch.zeros_like(v, requires_grad=False) for k, v in start.items()}
+    opt = torch.optim.Adam(list(ref.values()), lr=lr)
+    used = {k: [] for k in ref}
+    for t in range(T):
+        for k in ref:
+            used[k].append(ref[k].clone())
+            ref[k].grad = act[k][t].t() @ e[t]
+        opt.step()
+    for k in ref:
+        torch.testing.assert_close(final[k], ref[k], rtol=1e-5, atol=1e-7)
+
+    def deltas(e):
+        return ([psi(log["m1"][t]) * (e[t] @ used["1"][t].t()) for t in range(T)],
+                [psi(log["m2"][t]) * (e[t] @ used["3"][t].t()) for t in range(T)])
+
+    assert_grads(net, expected_grads(log, x, y, deltas))
+    assert net[0].weight.grad.abs().max() > 0  # learned feedback reaches the first layer

@@ -19,7 +19,7 @@ from spikingjelly.activation_based import functional, layer, neuron
 
 import opzo_ext as opzo
 
-METHODS = ("bp", "opzo", "dfa", "zo")
+METHODS = ("bp", "opzo", "dfa", "dkp", "zo")
 T = 3
 
 

@@ -27,6 +27,7 @@ class Feedback:
     injects_noise = False  # hidden layers get alpha * z
     needs_loss = False  # the signal uses the scalar loss value (ZO)
     signal_uses_noise = False  # signal() reads z (else z is dropped after step() to save memory)
+    needs_activity = False  # step() reads each hidden layer's own spike trace (DKP)
 
     def __init__(self, config, generator_for):
         self.config = config
@@ -46,16 +47,14 @@ class Feedback:
                     self.matrices[name] = m
 
     @torch.no_grad()
-    def step(self, layers: list[str], z: list[Optional[torch.Tensor]], o: torch.Tensor, alpha: float,
-             in_place: bool = False) -> Any:
-        """Bookkeeping of one readout call (no autograd); returns what :meth:`signal` needs.
-        ``z[l]`` is None for methods without noise; ``in_place``: no earlier Tap is still alive,
-        so state may be updated in place."""
+    def step(self, call: "TapCall", o: torch.Tensor, in_place: bool = False) -> Any:
+        """Bookkeeping of one readout call (no autograd) with the perturbed output ``o`` ``[T, B, m]``;
+        returns what :meth:`signal` needs (stored as ``call.ctx``). ``in_place``: no earlier Tap is
+        still alive, so state may be updated in place."""
         return None
 
-    def signal(self, ctx: Any, layers: list[str], z: list[Optional[torch.Tensor]], e: torch.Tensor,
-               alpha: float) -> list[torch.Tensor]:
-        """Errors ``[T, B, n_l]`` for each hidden layer, from the output error ``e`` ``[T, B, m]``."""
+    def signal(self, call: "TapCall", e: torch.Tensor) -> list[torch.Tensor]:
+        """Errors ``[T, B, n_l]`` for each layer of ``call.layers``, from ``e = dL/do`` ``[T, B, m]``."""
         raise NotImplementedError
 
     def matrix(self, name: str, shape: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -85,12 +84,13 @@ class TapCall:
     """One readout call: the method, what its ``step`` returned, and the layout of ``o``."""
 
     method: Feedback
-    ctx: Any
-    layers: list[str]
-    z: list[Optional[torch.Tensor]]
+    layers: list[str]  # hidden layers of this call
+    z: list[Optional[torch.Tensor]]  # their noise [T, B, n_l] (None without noise)
+    activity: list[Optional[torch.Tensor]]  # their spike traces [T, B, n_l] (methods that need it)
     alpha: float
     steps: int
     batch: int
+    ctx: Any = None  # what method.step returned
 
     def as_steps(self, x: torch.Tensor) -> torch.Tensor:
         """View a per-call tensor (``[B, ...]``, ``[T, B, ...]`` or ``[T*B, ...]``) as ``[T, B, n]``."""
@@ -110,7 +110,7 @@ class Tap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, e):
         call = ctx.call
-        signals = call.method.signal(call.ctx, call.layers, call.z, call.as_steps(e), call.alpha)
+        signals = call.method.signal(call, call.as_steps(e))
         return (e, None, *(g.reshape(shape) for g, shape in zip(signals, ctx.spike_shapes)))
 
 

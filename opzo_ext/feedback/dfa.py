@@ -14,8 +14,8 @@ class DFA(Feedback):
         b = like.new_empty(shape)
         return torch.nn.init.kaiming_uniform_(b, generator=self.generator_for(like.device))
 
-    def step(self, layers, z, o, alpha, in_place=False):
-        return [[self.matrices[name]] for name in layers]
+    def step(self, call, o, in_place=False):
+        return [[self.matrices[name]] for name in call.layers]
 
-    def signal(self, ctx, layers, z, e, alpha):
-        return matrix_signal(ctx, e)
+    def signal(self, call, e):
+        return matrix_signal(call.ctx, e)

@@ -26,12 +26,12 @@ class OPZO(Feedback):
         return like.new_zeros(shape[::-1]).t()  # stored as M^T [m, n_l]: both products run row-major
 
     @torch.no_grad()
-    def step(self, layers, z, o, alpha, in_place=False):
+    def step(self, call, o, in_place=False):
         lam = self.config.momentum
         batch = o.shape[1]
-        scale = (1.0 - lam) / batch / (alpha if self.config.scale_by_alpha else 1.0)
+        scale = (1.0 - lam) / batch / (call.alpha if self.config.scale_by_alpha else 1.0)
         per_layer = []
-        for name, z_l in zip(layers, z):
+        for name, z_l in zip(call.layers, call.z):
             mt, history = self.matrices[name].t(), []
             for t in range(o.shape[0]):  # M^T <- lam M^T + c o~^T z
                 if in_place and o.shape[0] == 1:
@@ -43,5 +43,5 @@ class OPZO(Feedback):
             per_layer.append(history)
         return per_layer
 
-    def signal(self, ctx, layers, z, e, alpha):
-        return matrix_signal(ctx, e)
+    def signal(self, call, e):
+        return matrix_signal(call.ctx, e)

@@ -57,11 +57,11 @@ class ZO(Feedback):
     needs_loss = True
     signal_uses_noise = True
 
-    def signal(self, ctx, layers, z, e, alpha):
+    def signal(self, call, e):
         loss = LossRecorder.value
         if loss is None:
             raise OpzoError(
                 "method='zo' needs the loss value: call loss.backward() (or torch.autograd.backward) "
                 "on the loss; torch.autograd.grad is not supported for ZO."
             )
-        return [z_l * (loss / alpha) for z_l in z]
+        return [z_l * (loss / call.alpha) for z_l in call.z]

@@ -1,0 +1,63 @@
+"""``method="dkp"``: direct Kolen-Pollack (Webster et al. 2020, as adapted to SNNs in appendix
+C.3.2 of the paper): DFA whose feedback matrices ``B_l`` ``[n_l, m]`` are learned.
+
+``B_l`` starts at zero and is a parameter of its own Adam optimizer (``dkp_lr``,
+``dkp_weight_decay``); at every backward through the readout it takes one step with the gradient
+
+    dB_l = sum_t a_l[t]^T e[t]        (a_l: the trace of layer l's own spikes, e = dL/do)
+
+i.e. the transpose of what the readout's weight gradient would be if layer ``l`` fed it, which
+keeps the direction of feedback and forward updates the same. Hidden layers receive
+``g_l = e @ B_l^T`` computed with ``B_l`` before that step.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Feedback, matrix_signal
+
+
+class DKP(Feedback):
+    name = "dkp"
+    needs_activity = True
+
+    def __init__(self, config, generator_for):
+        super().__init__(config, generator_for)
+        self.optimizer = None
+
+    def new_matrix(self, shape, like):
+        return like.new_zeros(shape)
+
+    def init_matrices(self, shapes, like):
+        super().init_matrices(shapes, like)
+        params = list(self.matrices.values())
+        state = self.optimizer.state_dict() if self.optimizer is not None else None
+        self.optimizer = torch.optim.Adam(params, lr=self.config.dkp_lr, weight_decay=self.config.dkp_weight_decay)
+        if state is not None and state["state"]:
+            self.optimizer.load_state_dict(state)
+
+    def step(self, call, o, in_place=False):
+        return [[self.matrices[name]] for name in call.layers]
+
+    def signal(self, call, e):
+        signals = matrix_signal(call.ctx, e)
+        with torch.no_grad():
+            for name, a in zip(call.layers, call.activity):
+                b = self.matrices[name]
+                grad = torch.einsum("tbn,tbm->nm", a, e)
+                b.grad = grad if b.grad is None else b.grad.add_(grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return signals
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["optimizer"] = self.optimizer.state_dict() if self.optimizer is not None else None
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state.get("optimizer") is not None:
+            params = list(self.matrices.values())
+            self.optimizer = torch.optim.Adam(params, lr=self.config.dkp_lr, weight_decay=self.config.dkp_weight_decay)
+            self.optimizer.load_state_dict(state["optimizer"])
