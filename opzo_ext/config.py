@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from .errors import ConfigError
 from .noise import DISTRIBUTIONS, Alpha
@@ -29,6 +29,9 @@ class TrainConfig:
         trace_lambda: decay of the traces; None takes each presynaptic neuron's leak.
         seed: seed of the session's noise and DFA matrices; None draws it from torch's global RNG.
         dkp_lr, dkp_weight_decay: Adam settings of DKP's feedback matrices.
+        local: local learning (appendix C.1): a Linear readout per hidden layer trained by its own
+            loss (``session.local_loss(target)``) scaled by this factor; ``True`` means 0.01,
+            ``False``/0 turns it off.
     """
 
     method: str = "opzo"
@@ -43,6 +46,7 @@ class TrainConfig:
     seed: Optional[int] = None
     dkp_lr: float = 2e-4
     dkp_weight_decay: float = 0.0
+    local: Union[bool, float] = False
 
     def __post_init__(self) -> None:
         def choice(field: str, value, options) -> None:
@@ -57,8 +61,16 @@ class TrainConfig:
             raise ConfigError(f"momentum={self.momentum!r} must lie in [0, 1) (the paper uses 0.99999).")
         if not callable(self.alpha) and not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
             raise ConfigError(f"alpha={self.alpha!r} must be a positive number or a function epoch -> alpha.")
+        if self.local is not True and self.local is not False and not (
+                isinstance(self.local, (int, float)) and self.local >= 0):
+            raise ConfigError(f"local={self.local!r} must be True, False or a non-negative loss scale (e.g. 0.01).")
         if self.trace_lambda is not None and not 0.0 <= self.trace_lambda <= 1.0:
             raise ConfigError(f"trace_lambda={self.trace_lambda!r} must lie in [0, 1] (or be None for the neuron's leak).")
+
+    @property
+    def local_scale(self) -> float:
+        """The factor of the local loss (0 when local learning is off)."""
+        return 0.01 if self.local is True else float(self.local or 0.0)
 
     def alpha_at(self, epoch: int) -> float:
         value = float(self.alpha(epoch)) if callable(self.alpha) else float(self.alpha)

@@ -64,10 +64,15 @@ class Session:
         steps: number of time steps trained so far.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig, example_input: Any = None):
+    def __init__(self, model: nn.Module, config: TrainConfig, example_input: Any = None,
+                 optimizer: Optional[torch.optim.Optimizer] = None):
         check_model(model)
         self.model = model
         self._example_input = example_input
+        self._optimizer = optimizer
+        self.local_readouts = nn.ModuleDict()  # local learning: one Linear readout per hidden layer
+        self._local_outputs: dict[str, list] = {}
+        self._local_state: Optional[dict] = None
         self.config = config
         self.method = METHODS[config.method](config, self._generator)
         self.epoch = 0
@@ -115,6 +120,7 @@ class Session:
             "generators": {d: g.get_state() for d, g in self._generators.items()},
             "noise": {n: r.noise.state_dict() for n, r in self._neurons.items()},
             "seed": self._seed,
+            "local": self.local_readouts.state_dict() if self.config.local else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -130,7 +136,37 @@ class Session:
         self._pending_state = state["noise"]
         self._load_noise_state()
         if self.topology is not None:
-            self.method.init_matrices(self._matrix_shapes(), next(self.model.parameters()))
+            self.method.init_matrices(self._feedback_shapes(), next(self.model.parameters()))
+        if state.get("local") is not None:
+            self._local_state = state["local"]
+            self._load_local_state()
+
+    def parameters(self):
+        """Parameters the session owns and the optimizer must train: the local readouts
+        (``local=...``). Known once the layers are (first training step or ``example_input``)."""
+        if self.config.local and self.topology is None:
+            raise OpzoError(
+                "The local readouts are created when the session first sees the model: call "
+                "session.parameters() after the first training step, or pass example_input=... "
+                "(or optimizer=...) to opzo.train."
+            )
+        return iter(self.local_readouts.parameters())
+
+    def local_loss(self, target: torch.Tensor, loss_fn=None) -> torch.Tensor:
+        """The local-learning loss of the steps since the last call (appendix C.1):
+        ``local * sum_l loss_fn(R_l s_l, target)`` over hidden layers ``l``, for each time step.
+        Add it to your loss before ``backward()``; its gradient reaches each layer through its own
+        readout ``R_l`` only. ``loss_fn`` defaults to cross-entropy."""
+        if not self.config.local:
+            raise OpzoError("session.local_loss needs local learning: open the session with local=0.01 (or True).")
+        loss_fn = loss_fn or torch.nn.functional.cross_entropy
+        total = 0.0
+        for outputs in self._local_outputs.values():
+            for r, steps in outputs:
+                for r_t in r.reshape(steps, -1, r.shape[-1]):
+                    total = total + loss_fn(r_t, target)
+        self._local_outputs.clear()
+        return total * self.config.local_scale
 
     # ------------------------------------------------------------ attach / detach
     def __enter__(self) -> "Session":
@@ -172,6 +208,7 @@ class Session:
             remove()
         self._handles, self._removers = [], []
         self._pending.clear()
+        self._local_outputs.clear()
         if self._open:
             self._open = False
             _ACTIVE.discard(self.model)
@@ -218,7 +255,15 @@ class Session:
             if hasattr(adapter, "install_stepwise"):
                 self._removers.append(adapter.install_stepwise(module, lambda m=module: self._active(m)))
         self._load_noise_state()
-        self.method.init_matrices(self._matrix_shapes(), next(self.model.parameters()))
+        like = next(self.model.parameters())
+        self.method.init_matrices(self._feedback_shapes(), like)
+        if self.config.local:
+            self.local_readouts = nn.ModuleDict({
+                name.replace(".", "_"): nn.Linear(n, m, device=like.device, dtype=like.dtype)
+                for name, (n, m) in self._layer_shapes().items()})
+            self._load_local_state()
+            if self._optimizer is not None:
+                self._optimizer.add_param_group({"params": list(self.local_readouts.parameters())})
         for name, pres in topology.presynaptic.items():
             if pres and self.config.trace == "trace":
                 self._override_synapse(modules[name], [self._neurons[p] for p in pres])
@@ -229,7 +274,11 @@ class Session:
             self._handles.append(syn.register_forward_hook(
                 lambda m, a, out: self._tap(out, pres[0] if pres else None) if self._active(m) else None))
 
-    def _matrix_shapes(self) -> dict[str, tuple[int, int]]:
+    def _feedback_shapes(self) -> dict[str, tuple[int, int]]:
+        """``[n_l, m]`` of the layers that receive the method's feedback."""
+        return {n: shape for n, shape in self._layer_shapes().items() if self._neurons[n].hidden}
+
+    def _layer_shapes(self) -> dict[str, tuple[int, int]]:
         """``[n_l, m]`` per hidden layer, from the probe's shapes (per step and sample)."""
         topo = self.topology
 
@@ -242,8 +291,7 @@ class Session:
         tap_shape = topo.in_shapes[site] if kind == "neuron" else topo.out_shapes[site]
         steps, batch = steps_batch(ref) if ref else (1, tap_shape[0])
         m = math.prod(tap_shape) // (steps * batch)
-        return {n: (math.prod(topo.out_shapes[n]) // math.prod(steps_batch(n)), m)
-                for n in topo.hidden if self._neurons[n].hidden}
+        return {n: (math.prod(topo.out_shapes[n]) // math.prod(steps_batch(n)), m) for n in topo.hidden}
 
     def _trace_lambda(self, rec: _Neuron) -> float:
         """Decay of the traces of ``rec``'s spikes: the option, else the neuron's own leak."""
@@ -286,6 +334,11 @@ class Session:
 
     def _neuron_post(self, rec: _Neuron, args: tuple, output: Any):
         rec.last_state = rec.adapter.outgoing_state(rec.module, output)
+        if self.config.local and rec.name in self.topology.hidden:
+            spike = rec.adapter.spike(output)
+            readout = self.local_readouts[rec.name.replace(".", "_")]
+            r = readout(spike.reshape(rec.steps * rec.batch, -1))
+            self._local_outputs.setdefault(rec.name, []).append((r, rec.steps))
         if not rec.hidden:
             return None
         if rec.name in self._pending:
@@ -342,6 +395,11 @@ class Session:
             gen.manual_seed(self._seed)
         return gen
 
+    def _load_local_state(self) -> None:
+        if self._local_state is not None and len(self.local_readouts):
+            self.local_readouts.load_state_dict(self._local_state)
+            self._local_state = None
+
     def _load_noise_state(self) -> None:
         if self._pending_state is None or not self._neurons:
             return
@@ -352,7 +410,7 @@ class Session:
 
 
 def train(model: nn.Module, method: str = "opzo", *, config: Optional[TrainConfig] = None,
-          example_input: Any = None, **options) -> Session:
+          example_input: Any = None, optimizer: Optional[torch.optim.Optimizer] = None, **options) -> Session:
     """Train ``model`` with ``method`` inside a ``with`` block::
 
         with opzo.train(net, method="opzo") as session:
@@ -361,11 +419,12 @@ def train(model: nn.Module, method: str = "opzo", *, config: Optional[TrainConfi
     ``options`` are the fields of :class:`TrainConfig` (``alpha``, ``momentum``, ``noise``,
     ``inject``, ``antithetic``, ``scale_by_alpha``, ``trace``, ``trace_lambda``, ``seed``).
     ``example_input`` (one step's input) discovers the model's layers on entry instead of at the
-    first training step. The returned :class:`Session` is also usable without ``with``:
+    first training step. ``optimizer``: the session adds the parameters it owns (local readouts)
+    to it as soon as they exist. The returned :class:`Session` is also usable without ``with``:
     ``session = opzo.train(net).open()`` ... ``session.close()``.
     """
     if config is None:
         config = TrainConfig(method=method, **options)
     elif options or method != "opzo":
         raise TypeError("Pass either config=TrainConfig(...) or method/options, not both.")
-    return Session(model, config, example_input)
+    return Session(model, config, example_input, optimizer)

@@ -258,3 +258,34 @@ def test_dkp_learns_B_with_adam_from_activity_times_error():
 
     assert_grads(net, expected_grads(log, x, y, deltas))
     assert net[0].weight.grad.abs().max() > 0  # learned feedback reaches the first layer
+
+
+def test_local_learning_adds_each_layers_readout_error():
+    """local=c: layer l also receives c * dCE(R_l s_l, y)/ds_l = c * (softmax(r_l) - y) R_l / B
+    through its own readout; here DFA's B is zero so that nothing else reaches the hidden layers."""
+    net, (x, y) = make_net(), data()
+    c = 0.5
+    rec = Recorder(net)
+    with opzo.train(net, method="dfa", example_input=x[0], local=c) as session:
+        rec.after_session()
+        state = session.state_dict()
+        state["feedback"]["matrices"] = {k: torch.zeros_like(v) for k, v in state["feedback"]["matrices"].items()}
+        session.load_state_dict(state)
+        readouts = {k: session.local_readouts[k] for k in ("1", "3")}
+        assert [tuple(p.shape) for p in session.parameters()] == [(3, 6), (3,), (3, 5), (3,)]
+        for t in range(T):
+            (F.cross_entropy(net(x[t]), y) + session.local_loss(y)).backward()
+    rec.close()
+    log = rec.log
+    R = {k: r.weight.detach() for k, r in readouts.items()}
+    err = {k: [(F.softmax(readouts[k](s), 1) - F.one_hot(y, 3)).detach() / B
+               for s in log["s1" if k == "1" else "s2"]] for k in R}
+
+    def deltas(e):
+        return ([psi(log["m1"][t]) * (c * err["1"][t] @ R["1"]) for t in range(T)],
+                [psi(log["m2"][t]) * (c * err["3"][t] @ R["3"]) for t in range(T)])
+
+    assert_grads(net, expected_grads(log, x, y, deltas))
+    for k, s_key in (("1", "s1"), ("3", "s2")):  # the readouts learn from their own loss
+        expected = sum(c * err[k][t].t() @ log[s_key][t] for t in range(T))
+        torch.testing.assert_close(readouts[k].weight.grad, expected, rtol=1e-4, atol=1e-6)
