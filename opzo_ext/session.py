@@ -73,6 +73,7 @@ class Session:
         self.local_readouts = nn.ModuleDict()  # local learning: one Linear readout per hidden layer
         self._local_outputs: dict[str, list] = {}
         self._local_state: Optional[dict] = None
+        self._last_neuron: Optional[_Neuron] = None  # the neuron called last (its step layout)
         self.config = config
         self.method = METHODS[config.method](config, self._generator)
         self.epoch = 0
@@ -272,7 +273,7 @@ class Session:
             syn = modules[name]
             pres = [self._neurons[p] for p in topology.presynaptic.get(name, [])]
             self._handles.append(syn.register_forward_hook(
-                lambda m, a, out: self._tap(out, pres[0] if pres else None) if self._active(m) else None))
+                lambda m, a, out: self._tap(out, pres[0] if pres else self._last_neuron) if self._active(m) else None))
 
     def _feedback_shapes(self) -> dict[str, tuple[int, int]]:
         """``[n_l, m]`` of the layers that receive the method's feedback."""
@@ -287,9 +288,11 @@ class Session:
             return (shape[0], shape[1]) if rec.adapter.is_multistep(rec.module) else (1, shape[0])
 
         kind, site = topo.tap
-        ref = site if kind == "neuron" else (topo.presynaptic.get(site) or [None])[0]
+        # the time/batch layout of the readout's input: from the neuron feeding it, else from any
+        # neuron (an analog readout input, e.g. a residual stream, runs in the network's step mode)
+        ref = site if kind == "neuron" else (topo.presynaptic.get(site) or topo.neurons)[0]
         tap_shape = topo.in_shapes[site] if kind == "neuron" else topo.out_shapes[site]
-        steps, batch = steps_batch(ref) if ref else (1, tap_shape[0])
+        steps, batch = steps_batch(ref)
         m = math.prod(tap_shape) // (steps * batch)
         return {n: (math.prod(topo.out_shapes[n]) // math.prod(steps_batch(n)), m) for n in topo.hidden}
 
@@ -324,6 +327,7 @@ class Session:
         token = rec.adapter.incoming_state(rec.module, args, kwargs)
         rec.fresh = token is not rec.last_state or (isinstance(token, torch.Tensor) and token.shape != step_shape)
         rec.steps, rec.batch = (x.shape[0] if multistep else 1), step_shape[0]
+        self._last_neuron = rec
         args, kwargs = rec.adapter.detach_state(rec.module, args, kwargs)
         if rec.hidden and self.method.injects_noise and self.config.inject == "before":
             rec.z = rec.noise.draw(x, rec.steps, rec.fresh)
