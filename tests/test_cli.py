@@ -1,0 +1,48 @@
+"""opzo-train: a tiny real-MNIST run, bit-exact resume, and clean errors."""
+import json
+
+import pytest
+import torch
+
+from opzo_ext import cli
+
+TINY = ["--preset", "mnist", "--limit-batches", "3", "--limit-test-batches", "2", "--quiet",
+        "--set", "batch_size=32", "--set", "steps=2"]
+
+
+def run(tmp_path, name, *extra):
+    out = tmp_path / name
+    assert cli.main([*TINY, "--out", str(out), *extra]) == 0
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return lines, torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("method,local", [("opzo", False), ("dkp", True)])
+def test_resume_continues_bit_exactly(tmp_path, method, local):
+    flags = ["--method", method] + (["--local"] if local else [])
+    straight, end = run(tmp_path, "straight", *flags, "--epochs", "3")
+    run(tmp_path, "resumed", *flags, "--epochs", "3", "--stop-after", "1")
+    resumed, end2 = run(tmp_path, "resumed", *flags, "--epochs", "3", "--resume")
+    assert [r["epoch"] for r in resumed] == [0, 1, 2]
+    for a, b in zip(straight, resumed):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    for key, value in end["model"].items():
+        assert torch.equal(value, end2["model"][key]), key
+    for key, value in end["session"]["feedback"]["matrices"].items():
+        assert torch.equal(value, end2["session"]["feedback"]["matrices"][key]), key
+    if local:
+        assert end["session"]["local"] and all(
+            torch.equal(v, end2["session"]["local"][k]) for k, v in end["session"]["local"].items())
+
+
+def test_errors_are_clean(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--preset", "nope", "--method", "opzo"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--preset", "mnist", "--method", "sgd"])
+    assert "invalid choice: 'sgd'" in capsys.readouterr().err
+    assert cli.main([*TINY, "--method", "opzo", "--out", str(tmp_path / "x"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert cli.main([*TINY, "--method", "opzo", "--set", "colour=red"]) == 2
+    assert "unknown preset field 'colour'" in capsys.readouterr().err
