@@ -47,6 +47,31 @@ stamp_value() {
     cat "$ROOT/pyproject.toml" "${BASH_SOURCE[0]}" | cksum
 }
 
+# Optional offline Fashion-MNIST: Debian/Ubuntu's package dataset-fashion-mnist puts the
+# official files in /usr/share/datasets/fashion-mnist (opzo_ext.data.load_fashion_mnist
+# reads them; without them torchvision downloads Fashion-MNIST). Best effort: only as
+# root with apt-get, skipped when the folder exists, and never fails the set-up.
+FASHION_MNIST_DIR=/usr/share/datasets/fashion-mnist
+install_fashion_mnist() {
+    [[ -d "$FASHION_MNIST_DIR" ]] && return 0
+    command -v apt-get >/dev/null 2>&1 || return 0
+    [[ "$(id -u)" == 0 ]] || return 0
+    local limit=()
+    command -v timeout >/dev/null 2>&1 && limit=(timeout 300)
+    log "installing the offline Fashion-MNIST copy (apt: dataset-fashion-mnist)"
+    if DEBIAN_FRONTEND=noninteractive "${limit[@]}" apt-get install -y --no-install-recommends \
+            dataset-fashion-mnist >/dev/null 2>&1 \
+        || { "${limit[@]}" apt-get update >/dev/null 2>&1 \
+             && DEBIAN_FRONTEND=noninteractive "${limit[@]}" apt-get install -y --no-install-recommends \
+                    dataset-fashion-mnist >/dev/null 2>&1; }; then
+        log "Fashion-MNIST installed in $FASHION_MNIST_DIR"
+    else
+        log "could not install dataset-fashion-mnist (optional; torchvision will download Fashion-MNIST instead)"
+    fi
+    return 0
+}
+install_fashion_mnist || true
+
 if [[ -x "$VPY" ]] && [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(stamp_value)" ]] \
     && check_env >/dev/null 2>&1; then
     log ".venv is up to date ($("$VPY" --version 2>&1), torch $TORCH_VERSION)"

@@ -1,0 +1,21 @@
+"""Small helpers shared by the dataset modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class DatasetNotFoundError(RuntimeError):
+    """A data set's files are not where the loader looks for them (and were not downloaded).
+
+    The message says where the files must be and how to get them.  It is a
+    ``RuntimeError`` like torchvision's own "Dataset not found" error.
+    """
+
+
+def expand_root(root: PathLike) -> Path:
+    return Path(os.path.expanduser(os.fspath(root)))
