@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from . import models
 from .config import METHOD_NAMES
+from .data import get_dataset
 from .errors import OpzoError
 from .losses import instantaneous_loss
 from .noise import linear_alpha
@@ -30,15 +31,6 @@ from .presets import PRESETS, Preset
 from .session import train as opzo_train
 
 
-def _mnist(root: str, train: bool) -> Dataset:
-    from .data import load_mnist
-    from torchvision import transforms
-
-    return load_mnist(root, train=train, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
-
-
-DATASETS: dict[str, Callable[[str, bool], Dataset]] = {"mnist": _mnist}
 MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "fc_2x800": models.fc_2x800, "conv5": models.conv5, "conv9": models.conv9,
     "nf_resnet18": models.nf_resnet18, "nf_resnet34": models.nf_resnet34,
@@ -78,15 +70,9 @@ def evaluate(model, loader, preset: Preset, device: str, limit: Optional[int] = 
 def run(args: argparse.Namespace) -> list[dict]:
     """Train as ``args`` says; returns the JSON records of the epochs run."""
     preset = _preset(args)
-    if args.dataset_fn is not None:
-        get_data = args.dataset_fn
-    elif preset.dataset in DATASETS:
-        get_data = DATASETS[preset.dataset]
-    else:
-        raise OpzoError(f"preset {args.preset!r} needs data set {preset.dataset!r}, which this installation "
-                        f"has no loader for; available: {', '.join(sorted(DATASETS))}.")
     try:
-        train_set, test_set = get_data(args.data_root, True), get_data(args.data_root, False)
+        train_set = get_dataset(preset.dataset, args.data_root, train=True)
+        test_set = get_dataset(preset.dataset, args.data_root, train=False)
     except (FileNotFoundError, RuntimeError) as exc:
         raise OpzoError(f"the data of preset {args.preset!r} is not available under {args.data_root!r}: {exc}") from exc
     if args.train_samples:
@@ -222,7 +208,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
-    args.dataset_fn = None
     if args.out is None:
         args.out = f"runs/{args.preset}-{args.method}{'-local' if args.local else ''}"
     try:

@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Preset:
-    dataset: str  # key of opzo_ext.cli.DATASETS
+    dataset: str  # name for opzo_ext.data.get_dataset
     model: str  # key of opzo_ext.cli.MODELS
     model_kwargs: dict = field(default_factory=dict)
     steps: int = 6  # T, time steps per sample
@@ -34,7 +34,7 @@ PRESETS: dict[str, Preset] = {
     "mnist": Preset("mnist", "fc_2x800", dict(in_features=784), dropout=0.2, zo_lr=2e-5),
     "fashion-mnist": Preset("fashion-mnist", "fc_2x800", dict(in_features=784), dropout=0.2, zo_lr=2e-5),
     "nmnist": Preset("nmnist", "fc_2x800", dict(in_features=2 * 34 * 34), steps=30, frames=True, dropout=0.2, mse_weight=0.001),
-    "nmnist-sim": Preset("nmnist-sim", "fc_2x800", dict(in_features=2 * 34 * 34), steps=30, frames=True, dropout=0.2,
+    "nmnist-sim": Preset("simulated_nmnist", "fc_2x800", dict(in_features=2 * 34 * 34), steps=30, frames=True, dropout=0.2,
                          mse_weight=0.001),
     "cifar10": Preset("cifar10", "conv5", dict(in_channels=3, num_classes=10), epochs=300, zo_lr=2e-5),
     "cifar100": Preset("cifar100", "conv5", dict(in_channels=3, num_classes=100), epochs=300, zo_lr=2e-5),

@@ -46,3 +46,11 @@ def test_errors_are_clean(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert cli.main([*TINY, "--method", "opzo", "--set", "colour=red"]) == 2
     assert "unknown preset field 'colour'" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clean_error(tmp_path, capsys):
+    code = cli.main(["--preset", "cifar10", "--method", "opzo", "--data-root", str(tmp_path), "--quiet",
+                     "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "preset 'cifar10'" in err and "download=True" in err
