@@ -116,7 +116,12 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, is_neuron: Callable[[n
 
     neurons = [n for n, kind in order.items() if kind == "neuron"]
     stops = {**neuron_out, **synapse_out}
-    reached = _walk((t.grad_fn for t in _tensors(output)), stops)
+    # the readout is what the primary (first) output comes from; further outputs may be states
+    # handed back to the caller (``return out, mem1, mem2``)
+    outputs = list(_tensors(output))
+    reached = _walk([outputs[0].grad_fn], stops) if outputs else set()
+    extra = _walk((t.grad_fn for t in outputs[1:]), stops) - reached
+    reached |= {n for n in extra if order.get(n) == "synapse"}  # another readout head: refused below
     out_neurons = [n for n in neurons if n in reached]
     out_synapses = sorted(reached - set(out_neurons))
     if out_neurons and out_synapses:

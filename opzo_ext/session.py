@@ -84,7 +84,7 @@ class Session:
         self._generators: dict[str, torch.Generator] = {}
         self._neurons: dict[str, _Neuron] = {}
         self._pending: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
-        self._live_taps: "weakref.WeakSet[TapCall]" = weakref.WeakSet()  # graphs not yet backpropagated
+        self._live_taps: "weakref.WeakSet[TapCall]" = weakref.WeakSet()  # taps whose graph is alive
         self._handles: list = []
         self._removers: list = []
         self._pending_state: Optional[dict] = None
@@ -382,7 +382,9 @@ class Session:
         call = TapCall(self.method, names, [], [], self.alpha, steps, batch)
         call.z = [call.as_steps(t) if t is not None else None for t in z]
         call.activity = [call.as_steps(t) if t is not None else None for t in activity]
-        in_place = not self._live_taps  # no graph of an earlier step still holds the matrices
+        # in place only when every earlier step's graph has been backpropagated (a graph kept for a
+        # later backward, as with a time loop inside forward, keeps the matrices of its own step)
+        in_place = all(c.done for c in self._live_taps)
         call.ctx = self.method.step(call, call.as_steps(o.detach()), in_place)
         self._live_taps.add(call)
         if not self.method.signal_uses_noise:

@@ -153,3 +153,54 @@ def test_multistep_equals_single_step(method):
     assert f_s.keys() == f_m.keys()
     for name in f_s:
         torch.testing.assert_close(f_m[name], f_s[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+class LoopInside(nn.Module):
+    """The snnTorch tutorials' style: the time loop inside forward, one backward per batch."""
+
+    def __init__(self, fcs):
+        super().__init__()
+        import snntorch as snn
+
+        self.fc1, self.fc2, self.fc3 = fcs
+        self.lif1 = snn.Leaky(beta=0.5, spike_grad=snn.surrogate.sigmoid(slope=4))
+        self.lif2 = snn.Leaky(beta=0.5, spike_grad=snn.surrogate.sigmoid(slope=4))
+
+    def step(self, x, mem1, mem2):
+        spk1, mem1 = self.lif1(self.fc1(x), mem1)
+        spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+        return self.fc3(spk2), mem1, mem2
+
+    def forward(self, x_seq):
+        mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+        outs = []
+        for x in x_seq:
+            out, mem1, mem2 = self.step(x, mem1, mem2)
+            outs.append(out)
+        return torch.stack(outs)
+
+
+class StepOutside(LoopInside):
+    def forward(self, x, mem1, mem2):
+        return self.step(x, mem1, mem2)
+
+
+@pytest.mark.parametrize("method", ["bp", "opzo", "dfa"])
+def test_time_loop_inside_forward_equals_stepping_outside(method):
+    """One backward over all steps (M updated out of place, each step's graph keeps its own M_t)
+    gives the gradients of a backward per step (M updated in place)."""
+    x, y = inputs(4)
+    inside, outside = LoopInside(linears(5)), StepOutside(linears(5))
+    with opzo.train(inside, method=method, seed=3, momentum=0.5) as s_in:
+        out = inside(x)
+        sum(F.cross_entropy(out[t], y) for t in range(T)).backward()
+    with opzo.train(outside, method=method, seed=3, momentum=0.5) as s_out:
+        mem1, mem2 = outside.lif1.init_leaky(), outside.lif2.init_leaky()
+        for t in range(T):
+            out, mem1, mem2 = outside(x[t], mem1, mem2)
+            F.cross_entropy(out, y).backward()
+    for (name, a), (_, b) in zip(inside.named_parameters(), outside.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for name in s_in.feedback:
+        torch.testing.assert_close(s_in.feedback[name], s_out.feedback[name], rtol=1e-5, atol=1e-7)
+    assert inside.fc1.weight.grad.abs().max() > 0

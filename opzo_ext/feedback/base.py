@@ -91,6 +91,7 @@ class TapCall:
     steps: int
     batch: int
     ctx: Any = None  # what method.step returned
+    done: bool = False  # backward has run through this call
 
     def as_steps(self, x: torch.Tensor) -> torch.Tensor:
         """View a per-call tensor (``[B, ...]``, ``[T, B, ...]`` or ``[T*B, ...]``) as ``[T, B, n]``."""
@@ -111,6 +112,7 @@ class Tap(torch.autograd.Function):
     def backward(ctx, e):
         call = ctx.call
         signals = call.method.signal(call, call.as_steps(e))
+        call.done = True
         return (e, None, *(g.reshape(shape) for g, shape in zip(signals, ctx.spike_shapes)))
 
 

@@ -6,8 +6,9 @@ Per time step ``t`` and hidden layer ``l``, with noise ``z_l[t]`` ``[B, n_l]`` a
     M_l <- lam * M_l + (1 - lam) * z_l[t]^T o~[t] / B   (/ alpha if scale_by_alpha)
     g_l[t] = e[t] @ M_l^T                               (i.e. M_l e per sample)
 
-M starts at zero. M is updated in place only when no graph still holds it (``in_place``: the
-previous steps' backward has run); otherwise out of place, so a graph built at step ``t`` keeps
+M starts at zero. M is updated in place when every earlier step's backward has run
+(``in_place``; a second backward through an old graph after that would see the new M); otherwise
+out of place, so a graph built at step ``t`` keeps
 ``M_l`` as it was at step ``t`` even when backward runs after later steps (time loop inside
 ``forward``, multi-step models).
 """
