@@ -32,6 +32,9 @@ class TrainConfig:
         local: local learning (appendix C.1): a Linear readout per hidden layer trained by its own
             loss (``session.local_loss(target)``) scaled by this factor; ``True`` means 0.01,
             ``False``/0 turns it off.
+        igl: intermediate global learning: the name of a hidden neuron module whose own readout
+            (loss in ``session.local_loss(target)``, weight 1) acts as the output for the layers
+            before it: they receive the method's feedback from that readout's error.
     """
 
     method: str = "opzo"
@@ -47,6 +50,7 @@ class TrainConfig:
     dkp_lr: float = 2e-4
     dkp_weight_decay: float = 0.0
     local: Union[bool, float] = False
+    igl: Optional[str] = None
 
     def __post_init__(self) -> None:
         def choice(field: str, value, options) -> None:

@@ -76,6 +76,9 @@ class Session:
         self._last_neuron: Optional[_Neuron] = None  # the neuron called last (its step layout)
         self.config = config
         self.method = METHODS[config.method](config, self._generator)
+        # intermediate global learning: the layers before config.igl get feedback from its readout
+        self.igl_method = METHODS[config.method](config, self._generator) \
+            if config.igl and self.method.cuts_spatial_bp else None
         self.epoch = 0
         self.steps = 0
         self.topology: Optional[Topology] = None
@@ -98,7 +101,7 @@ class Session:
 
     @property
     def feedback(self) -> dict[str, torch.Tensor]:
-        return dict(self.method.matrices)
+        return {**(self.igl_method.matrices if self.igl_method else {}), **self.method.matrices}
 
     @property
     def alpha(self) -> float:
@@ -118,10 +121,11 @@ class Session:
             "epoch": self.epoch,
             "steps": self.steps,
             "feedback": self.method.state_dict(),
+            "igl_feedback": self.igl_method.state_dict() if self.igl_method else None,
             "generators": {d: g.get_state() for d, g in self._generators.items()},
             "noise": {n: r.noise.state_dict() for n, r in self._neurons.items()},
             "seed": self._seed,
-            "local": self.local_readouts.state_dict() if self.config.local else None,
+            "local": self.local_readouts.state_dict() if len(self.local_readouts) else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -132,20 +136,23 @@ class Session:
             )
         self.epoch, self.steps, self._seed = state["epoch"], state["steps"], state["seed"]
         self.method.load_state_dict(state["feedback"])
+        if self.igl_method is not None and state.get("igl_feedback") is not None:
+            self.igl_method.load_state_dict(state["igl_feedback"])
         for device, rng in state["generators"].items():
             self._generator(torch.device(device)).set_state(rng)
         self._pending_state = state["noise"]
         self._load_noise_state()
         if self.topology is not None:
-            self.method.init_matrices(self._feedback_shapes(), next(self.model.parameters()))
+            self._init_matrices()
         if state.get("local") is not None:
             self._local_state = state["local"]
             self._load_local_state()
 
     def parameters(self):
         """Parameters the session owns and the optimizer must train: the local readouts
-        (``local=...``). Known once the layers are (first training step or ``example_input``)."""
-        if self.config.local and self.topology is None:
+        (``local=...``) and the intermediate readout (``igl=...``). Known once the layers are
+        (first training step or ``example_input``)."""
+        if (self.config.local or self.config.igl) and self.topology is None:
             raise OpzoError(
                 "The local readouts are created when the session first sees the model: call "
                 "session.parameters() after the first training step, or pass example_input=... "
@@ -154,20 +161,21 @@ class Session:
         return iter(self.local_readouts.parameters())
 
     def local_loss(self, target: torch.Tensor, loss_fn=None) -> torch.Tensor:
-        """The local-learning loss of the steps since the last call (appendix C.1):
-        ``local * sum_l loss_fn(R_l s_l, target)`` over hidden layers ``l``, for each time step.
-        Add it to your loss before ``backward()``; its gradient reaches each layer through its own
-        readout ``R_l`` only. ``loss_fn`` defaults to cross-entropy."""
-        if not self.config.local:
-            raise OpzoError("session.local_loss needs local learning: open the session with local=0.01 (or True).")
+        """The loss of the session's own readouts over the steps since the last call:
+        ``local * sum_l loss_fn(R_l s_l, target)`` over hidden layers ``l`` (local learning,
+        appendix C.1) plus ``loss_fn(R s_igl, target)`` for the intermediate readout (``igl``), for
+        each time step. Add it to your loss before ``backward()``. ``loss_fn``: cross-entropy."""
+        if not (self.config.local or self.config.igl):
+            raise OpzoError("session.local_loss needs local learning or an intermediate readout: open the "
+                            "session with local=0.01 (or True) or igl='<layer name>'.")
         loss_fn = loss_fn or torch.nn.functional.cross_entropy
         total = 0.0
         for outputs in self._local_outputs.values():
-            for r, steps in outputs:
+            for r, steps, scale in outputs:
                 for r_t in r.reshape(steps, -1, r.shape[-1]):
-                    total = total + loss_fn(r_t, target)
+                    total = total + scale * loss_fn(r_t, target)
         self._local_outputs.clear()
-        return total * self.config.local_scale
+        return total
 
     # ------------------------------------------------------------ attach / detach
     def __enter__(self) -> "Session":
@@ -257,11 +265,18 @@ class Session:
                 self._removers.append(adapter.install_stepwise(module, lambda m=module: self._active(m)))
         self._load_noise_state()
         like = next(self.model.parameters())
-        self.method.init_matrices(self._feedback_shapes(), like)
-        if self.config.local:
+        if self.config.igl is not None and self.config.igl not in topology.hidden[1:]:
+            raise OpzoError(
+                f"igl={self.config.igl!r} is not a hidden neuron layer after the first one; choose one of "
+                f"{topology.hidden[1:]}.")
+        self._init_matrices()
+        shapes = self._layer_shapes()
+        readouts = {name.replace(".", "_"): shapes[name] for name in (topology.hidden if self.config.local else [])}
+        if self.config.igl is not None:
+            readouts["igl"] = shapes[self.config.igl]
+        if readouts:
             self.local_readouts = nn.ModuleDict({
-                name.replace(".", "_"): nn.Linear(n, m, device=like.device, dtype=like.dtype)
-                for name, (n, m) in self._layer_shapes().items()})
+                key: nn.Linear(n, m, device=like.device, dtype=like.dtype) for key, (n, m) in readouts.items()})
             self._load_local_state()
             if self._optimizer is not None:
                 self._optimizer.add_param_group({"params": list(self.local_readouts.parameters())})
@@ -275,9 +290,22 @@ class Session:
             self._handles.append(syn.register_forward_hook(
                 lambda m, a, out: self._tap(out, pres[0] if pres else self._last_neuron) if self._active(m) else None))
 
-    def _feedback_shapes(self) -> dict[str, tuple[int, int]]:
-        """``[n_l, m]`` of the layers that receive the method's feedback."""
-        return {n: shape for n, shape in self._layer_shapes().items() if self._neurons[n].hidden}
+    def _init_matrices(self) -> None:
+        """Create (or check loaded) feedback matrices ``[n_l, m]``: the layers before the
+        intermediate readout (``igl``) get theirs from it, the others from the output."""
+        like = next(self.model.parameters())
+        shapes = {n: shape for n, shape in self._layer_shapes().items() if self._neurons[n].hidden}
+        before = self._igl_layers()
+        self.method.init_matrices({n: s for n, s in shapes.items() if n not in before}, like)
+        if self.igl_method is not None:
+            self.igl_method.init_matrices({n: s for n, s in shapes.items() if n in before}, like)
+
+    def _igl_layers(self) -> list[str]:
+        """Hidden layers before the intermediate readout (empty without ``igl``)."""
+        if self.igl_method is None:
+            return []
+        hidden = self.topology.hidden
+        return hidden[:hidden.index(self.config.igl)]
 
     def _layer_shapes(self) -> dict[str, tuple[int, int]]:
         """``[n_l, m]`` per hidden layer, from the probe's shapes (per step and sample)."""
@@ -339,10 +367,14 @@ class Session:
     def _neuron_post(self, rec: _Neuron, args: tuple, output: Any):
         rec.last_state = rec.adapter.outgoing_state(rec.module, output)
         if self.config.local and rec.name in self.topology.hidden:
-            spike = rec.adapter.spike(output)
             readout = self.local_readouts[rec.name.replace(".", "_")]
-            r = readout(spike.reshape(rec.steps * rec.batch, -1))
-            self._local_outputs.setdefault(rec.name, []).append((r, rec.steps))
+            r = readout(rec.adapter.spike(output).reshape(rec.steps * rec.batch, -1))
+            self._local_outputs.setdefault(rec.name, []).append((r, rec.steps, self.config.local_scale))
+        if rec.name == self.config.igl:  # the intermediate readout: the output for earlier layers
+            r = self.local_readouts["igl"](rec.adapter.spike(output).reshape(rec.steps * rec.batch, -1))
+            if self.igl_method is not None:
+                r = self._feedback_tap(self.igl_method, r, self._igl_layers(), rec)
+            self._local_outputs.setdefault("igl", []).append((r, rec.steps, 1.0))
         if not rec.hidden:
             return None
         if rec.name in self._pending:
@@ -376,20 +408,27 @@ class Session:
         self.steps += steps
         if not self.method.cuts_spatial_bp or not self._pending:
             return o
-        batch = pre.batch if pre is not None else o.shape[0]
         names = [n for n in self.topology.hidden if n in self._pending]
-        spikes, z, activity = zip(*(self._pending[n] for n in names))
-        call = TapCall(self.method, names, [], [], self.alpha, steps, batch)
+        return self._feedback_tap(self.method, o, names, pre)
+
+    def _feedback_tap(self, method, o: torch.Tensor, layers: list[str], pre: Optional[_Neuron]) -> torch.Tensor:
+        """Wrap ``o`` in a Tap feeding ``method``'s signal back to the pending ``layers``."""
+        steps = pre.steps if pre is not None else 1
+        batch = pre.batch if pre is not None else o.shape[0]
+        names = [n for n in layers if n in self._pending]
+        if not names:
+            return o
+        spikes, z, activity = zip(*(self._pending.pop(n) for n in names))
+        call = TapCall(method, names, [], [], self.alpha, steps, batch)
         call.z = [call.as_steps(t) if t is not None else None for t in z]
         call.activity = [call.as_steps(t) if t is not None else None for t in activity]
         # in place only when every earlier step's graph has been backpropagated (a graph kept for a
         # later backward, as with a time loop inside forward, keeps the matrices of its own step)
         in_place = all(c.done for c in self._live_taps)
-        call.ctx = self.method.step(call, call.as_steps(o.detach()), in_place)
+        call.ctx = method.step(call, call.as_steps(o.detach()), in_place)
         self._live_taps.add(call)
-        if not self.method.signal_uses_noise:
+        if not method.signal_uses_noise:
             call.z = []
-        self._pending.clear()
         return Tap.apply(o, call, *spikes)
 
     # ------------------------------------------------------------------ helpers

@@ -289,3 +289,40 @@ def test_local_learning_adds_each_layers_readout_error():
     for k, s_key in (("1", "s1"), ("3", "s2")):  # the readouts learn from their own loss
         expected = sum(c * err[k][t].t() @ log[s_key][t] for t in range(T))
         torch.testing.assert_close(readouts[k].weight.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_intermediate_global_learning():
+    """igl='3': layer 1 gets OPZO feedback M_igl e_igl from the intermediate readout o_igl = R s_2
+    (M_igl <- lam M_igl + (1-lam) z_1^T o_igl / B); layer 3 gets the global M_3 e plus the error
+    of its own readout through R."""
+    net, (x, y), lam = make_net(), data(), 0.6
+    rec = Recorder(net)
+    with opzo.train(net, method="opzo", example_input=x[0], alpha=ALPHA, momentum=lam, igl="3") as session:
+        rec.after_session()
+        R = session.local_readouts["igl"]
+        for t in range(T):
+            (F.cross_entropy(net(x[t]), y) + session.local_loss(y)).backward()
+        final = {k: v.clone() for k, v in session.feedback.items()}
+    rec.close()
+    log = rec.log
+    z = {k: [(p - s) / ALPHA for p, s in zip(log["p" + k], log["s" + k])] for k in "12"}
+    o_igl = [R(s).detach() for s in log["s2"]]
+    e_igl = [(F.softmax(o, 1) - F.one_hot(y, 3)) / B for o in o_igl]
+    M1, M3 = [], []
+    m1, m3 = torch.zeros(6, 3), torch.zeros(5, 3)
+    for t in range(T):
+        m1 = lam * m1 + (1 - lam) * z["1"][t].t() @ o_igl[t] / B
+        m3 = lam * m3 + (1 - lam) * z["2"][t].t() @ log["o"][t] / B
+        M1.append(m1)
+        M3.append(m3)
+    torch.testing.assert_close(final["1"], M1[-1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(final["3"], M3[-1], rtol=1e-5, atol=1e-7)
+    W_R = R.weight.detach()
+
+    def deltas(e):
+        return ([psi(log["m1"][t]) * (e_igl[t] @ M1[t].t()) for t in range(T)],
+                [psi(log["m2"][t]) * (e[t] @ M3[t].t() + e_igl[t] @ W_R) for t in range(T)])
+
+    assert_grads(net, expected_grads(log, x, y, deltas))
+    with pytest.raises(opzo.OpzoError, match="igl='1' is not a hidden neuron layer after the first"):
+        opzo.train(make_net(), method="opzo", igl="1", example_input=x[0]).open()
