@@ -32,6 +32,9 @@ class TrainConfig:
         local: local learning (appendix C.1): a Linear readout per hidden layer trained by its own
             loss (``session.local_loss(target)``) scaled by this factor; ``True`` means 0.01,
             ``False``/0 turns it off.
+        lags: OPZO without temporal truncation (appendix E.2): the output of step ``t`` feeds back
+            to every earlier step ``t - k`` through one M per lag ``k``; weight gradients use the
+            spikes themselves (no traces). Needs one backward per sequence and single-step calls.
         igl: intermediate global learning: the name of a hidden neuron module whose own readout
             (loss in ``session.local_loss(target)``, weight 1) acts as the output for the layers
             before it: they receive the method's feedback from that readout's error.
@@ -51,6 +54,7 @@ class TrainConfig:
     dkp_weight_decay: float = 0.0
     local: Union[bool, float] = False
     igl: Optional[str] = None
+    lags: bool = False
 
     def __post_init__(self) -> None:
         def choice(field: str, value, options) -> None:
@@ -68,6 +72,9 @@ class TrainConfig:
         if self.local is not True and self.local is not False and not (
                 isinstance(self.local, (int, float)) and self.local >= 0):
             raise ConfigError(f"local={self.local!r} must be True, False or a non-negative loss scale (e.g. 0.01).")
+        if self.lags and self.method != "opzo":
+            raise ConfigError(f"lags=True is the pseudo-zeroth-order feedback of OPZO; it needs method='opzo', "
+                              f"not {self.method!r}.")
         if self.trace_lambda is not None and not 0.0 <= self.trace_lambda <= 1.0:
             raise ConfigError(f"trace_lambda={self.trace_lambda!r} must lie in [0, 1] (or be None for the neuron's leak).")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .discovery import Topology, discover
 from .errors import OpzoError
 from .feedback import METHODS, LossRecorder, Tap, TapCall
+from .feedback.opzo_lags import LaggedOPZO
 from .noise import NoiseSource
 from .patching import override
 from .traces import TraceState, fused_rule, traced_call
@@ -51,6 +52,7 @@ class _Neuron:
     batch: int = 0
     z: Optional[torch.Tensor] = None  # noise injected before the neuron in the latest call
     activity: Optional[TraceState] = None  # trace of its own spikes (methods that learn from it)
+    history: list = field(default_factory=list)  # (spikes, z) of every step of the sequence (lags)
 
 
 class Session:
@@ -75,7 +77,7 @@ class Session:
         self._local_state: Optional[dict] = None
         self._last_neuron: Optional[_Neuron] = None  # the neuron called last (its step layout)
         self.config = config
-        self.method = METHODS[config.method](config, self._generator)
+        self.method = (LaggedOPZO if config.lags else METHODS[config.method])(config, self._generator)
         # intermediate global learning: the layers before config.igl get feedback from its readout
         self.igl_method = METHODS[config.method](config, self._generator) \
             if config.igl and self.method.cuts_spatial_bp else None
@@ -281,7 +283,7 @@ class Session:
             if self._optimizer is not None:
                 self._optimizer.add_param_group({"params": list(self.local_readouts.parameters())})
         for name, pres in topology.presynaptic.items():
-            if pres and self.config.trace == "trace":
+            if pres and self.config.trace == "trace" and not self.config.lags:
                 self._override_synapse(modules[name], [self._neurons[p] for p in pres])
         kind, name = topology.tap
         if kind == "synapse":
@@ -326,7 +328,7 @@ class Session:
 
     def _trace_lambda(self, rec: _Neuron) -> float:
         """Decay of the traces of ``rec``'s spikes: the option, else the neuron's own leak."""
-        if self.config.trace == "spike":
+        if self.config.trace == "spike" or self.config.lags:
             return 0.0
         return self.config.trace_lambda if self.config.trace_lambda is not None else rec.adapter.leak(rec.module)
 
@@ -395,6 +397,13 @@ class Session:
             passed = spike.detach()
         activity = rec.activity.update(spike, rec.steps, rec.fresh) if rec.activity is not None else None
         self._pending[rec.name] = (spike, z, activity)
+        if self.config.lags:
+            if rec.steps != 1:
+                raise OpzoError(f"lags=True needs single-step calls; '{rec.name}' ran {rec.steps} steps in one "
+                                "call. Use step_mode 's' and a loop over time.")
+            if rec.fresh:
+                rec.history = []
+            rec.history.append((spike, z))
         return rec.adapter.replace_spike(output, passed)
 
     def _traced_forward(self, module, rule, original, trace: TraceState, pres: list[_Neuron], x):
@@ -409,7 +418,26 @@ class Session:
         if not self.method.cuts_spatial_bp or not self._pending:
             return o
         names = [n for n in self.topology.hidden if n in self._pending]
+        if self.config.lags:
+            return self._lagged_tap(o, names, pre)
         return self._feedback_tap(self.method, o, names, pre)
+
+    def _lagged_tap(self, o: torch.Tensor, layers: list[str], pre: Optional[_Neuron]) -> torch.Tensor:
+        """Like :meth:`_feedback_tap`, with one entry per (layer, lag): this step's output feeds
+        back to the spikes of every earlier step of the sequence."""
+        entries, spikes, z = [], [], []
+        for name in layers:
+            self._pending.pop(name)
+            history = self._neurons[name].history
+            for k in range(len(history)):
+                entries.append((name, k))
+                spikes.append(history[-1 - k][0])
+                z.append(history[-1 - k][1])
+        call = TapCall(self.method, entries, [], [], self.alpha, 1, pre.batch if pre is not None else o.shape[0])
+        call.z = [call.as_steps(t) for t in z]
+        call.ctx = self.method.step(call, call.as_steps(o.detach()))
+        call.z = []
+        return Tap.apply(o, call, *spikes)
 
     def _feedback_tap(self, method, o: torch.Tensor, layers: list[str], pre: Optional[_Neuron]) -> torch.Tensor:
         """Wrap ``o`` in a Tap feeding ``method``'s signal back to the pending ``layers``."""

@@ -326,3 +326,39 @@ def test_intermediate_global_learning():
     assert_grads(net, expected_grads(log, x, y, deltas))
     with pytest.raises(opzo.OpzoError, match="igl='1' is not a hidden neuron layer after the first"):
         opzo.train(make_net(), method="opzo", igl="1", example_input=x[0]).open()
+
+
+def test_opzo_with_lags_feeds_every_earlier_step():
+    """lags=True (appendix E.2): one backward per sequence; layer l at step j receives
+    sum_{t >= j} e[t] @ M_l^(t-j)^T, with M^(k) <- lam M^(k) + (1-lam) z[t-k]^T o[t] / B at step t;
+    weight gradients use the (perturbed) spikes, not traces."""
+    net, (x, y), lam = make_net(), data(), 0.6
+    rec = Recorder(net)
+    with opzo.train(net, method="opzo", lags=True, example_input=x[0], alpha=ALPHA, momentum=lam) as session:
+        rec.after_session()
+        loss = sum(F.cross_entropy(net(x[t]), y) for t in range(T))
+        loss.backward()
+        final = {k: v.clone() for k, v in session.feedback.items()}
+    rec.close()
+    log = rec.log
+    assert set(final) == {"1", "3"} | {f"{n}@{k}" for n in ("1", "3") for k in range(1, T)}
+    z = {k: [(p - s) / ALPHA for p, s in zip(log["p" + k], log["s" + k])] for k in "12"}
+    e = [(F.softmax(o, 1) - F.one_hot(y, 3)) / B for o in log["o"]]
+    M = {}  # (layer, k, t) -> M^(k) after the update of step t
+    for layer, n in (("1", 6), ("2", 5)):
+        for k in range(T):
+            m = torch.zeros(n, 3)
+            for t in range(k, T):
+                m = lam * m + (1 - lam) * z[layer][t - k].t() @ log["o"][t] / B
+                M[layer, k, t] = m
+    torch.testing.assert_close(final["3@2"], M["2", 2, T - 1], rtol=1e-5, atol=1e-7)
+    d = {layer: [psi(log["m" + layer][j]) * sum(e[t] @ M[layer, t - j, t].t() for t in range(j, T))
+                 for j in range(T)] for layer in "12"}
+    expected = {
+        "0.weight": sum(d["1"][j].t() @ x[j] for j in range(T)), "0.bias": sum(d["1"][j].sum(0) for j in range(T)),
+        "2.weight": sum(d["2"][j].t() @ log["p1"][j] for j in range(T)), "2.bias": sum(d["2"][j].sum(0) for j in range(T)),
+        "4.weight": sum(e[t].t() @ log["p2"][t] for t in range(T)), "4.bias": sum(e[t].sum(0) for t in range(T)),
+    }
+    assert_grads(net, expected)
+    with pytest.raises(opzo.ConfigError, match="lags=True.*method='opzo'"):
+        opzo.TrainConfig(method="dfa", lags=True)

@@ -1,0 +1,42 @@
+"""``method="opzo", lags=True``: pseudo-zeroth-order feedback without temporal truncation
+(appendix E.2 of the paper), for training with one backward per sequence (a BPTT budget).
+
+The output at step ``t`` feeds back to the features of every earlier step ``t - k`` through one
+momentum matrix per lag ``k`` (shared by all ``t``)::
+
+    M_l^(k) <- lam M_l^(k) + (1 - lam) z_l[t-k]^T o~[t] / B     for k = 0..t
+    dL/ds_l[t-k] += e[t] @ M_l^(k)^T
+
+The session hands this method one entry per (layer, lag) in ``call.layers``: ``(name, k)``.
+Matrices are keyed ``name`` for ``k = 0`` and ``"name@k"`` for ``k >= 1``. Updates are out of
+place, so each step's graph keeps the matrices of its own step.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import matrix_signal
+from .opzo import OPZO
+
+
+def lag_key(name: str, k: int) -> str:
+    return name if k == 0 else f"{name}@{k}"
+
+
+class LaggedOPZO(OPZO):
+    @torch.no_grad()
+    def step(self, call, o, in_place=False):
+        lam = self.config.momentum
+        scale = (1.0 - lam) / o.shape[1] / (call.alpha if self.config.scale_by_alpha else 1.0)
+        per_entry = []
+        for (name, k), z in zip(call.layers, call.z):
+            key = lag_key(name, k)
+            if key not in self.matrices:  # a longer sequence than seen so far: a new lag
+                self.matrices[key] = torch.zeros_like(self.matrices[name])
+            mt = torch.addmm(self.matrices[key].t(), o[0].t(), z[0], beta=lam, alpha=scale)
+            self.matrices[key] = mt.t()
+            per_entry.append([mt.t()])
+        return per_entry
+
+    def signal(self, call, e):
+        return matrix_signal(call.ctx, e)
