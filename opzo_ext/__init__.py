@@ -7,10 +7,11 @@
 See :func:`train` and :class:`TrainConfig`.
 """
 from .config import METHOD_NAMES, TrainConfig
+from .deploy import noisy
 from .errors import ConfigError, OpzoError, UnsupportedModelError
 from .noise import linear_alpha
 from .session import Session, train
 
-__all__ = ["train", "Session", "TrainConfig", "METHOD_NAMES", "linear_alpha",
+__all__ = ["train", "Session", "TrainConfig", "METHOD_NAMES", "linear_alpha", "noisy",
            "OpzoError", "ConfigError", "UnsupportedModelError"]
 __version__ = "0.1.0"

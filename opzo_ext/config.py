@@ -35,6 +35,8 @@ class TrainConfig:
         lags: OPZO without temporal truncation (appendix E.2): the output of step ``t`` feeds back
             to every earlier step ``t - k`` through one M per lag ``k``; weight gradients use the
             spikes themselves (no traces). Needs one backward per sequence and single-step calls.
+        max_feedback_gb: refuse to allocate feedback matrices larger than this (None: half of the
+            device's memory); the error gives the size per layer.
         igl: intermediate global learning: the name of a hidden neuron module whose own readout
             (loss in ``session.local_loss(target)``, weight 1) acts as the output for the layers
             before it: they receive the method's feedback from that readout's error.
@@ -55,6 +57,7 @@ class TrainConfig:
     local: Union[bool, float] = False
     igl: Optional[str] = None
     lags: bool = False
+    max_feedback_gb: Optional[float] = None
 
     def __post_init__(self) -> None:
         def choice(field: str, value, options) -> None:

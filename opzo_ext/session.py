@@ -16,6 +16,7 @@ Where things happen (one time step, training mode):
 from __future__ import annotations
 
 import math
+import os
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from .adapters import NeuronAdapter, check_model, find_adapter
 from .config import TrainConfig
 from .discovery import Topology, discover
 from .errors import OpzoError
-from .feedback import METHODS, LossRecorder, Tap, TapCall
+from .feedback import METHODS, Feedback, LossRecorder, Tap, TapCall
 from .feedback.opzo_lags import LaggedOPZO
 from .noise import NoiseSource
 from .patching import override
@@ -297,6 +298,8 @@ class Session:
         intermediate readout (``igl``) get theirs from it, the others from the output."""
         like = next(self.model.parameters())
         shapes = {n: shape for n, shape in self._layer_shapes().items() if self._neurons[n].hidden}
+        if type(self.method).new_matrix is not Feedback.new_matrix:
+            check_feedback_size(shapes, like, self.config.max_feedback_gb)
         before = self._igl_layers()
         self.method.init_matrices({n: s for n, s in shapes.items() if n not in before}, like)
         if self.igl_method is not None:
@@ -480,6 +483,27 @@ class Session:
             if name in self._neurons:
                 self._neurons[name].noise.load_state_dict(state)
         self._pending_state = None
+
+
+def check_feedback_size(shapes: dict[str, tuple[int, int]], like: torch.Tensor, limit_gb: Optional[float]) -> None:
+    """Refuse feedback matrices larger than ``limit_gb`` (default: half the device's memory)."""
+    size = sum(n * m for n, m in shapes.values()) * like.element_size()
+    if limit_gb is None:
+        if like.device.type == "cuda":
+            total = torch.cuda.get_device_properties(like.device).total_memory
+        else:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        limit = total / 2
+    else:
+        limit = limit_gb * 1e9
+    if size > limit:
+        largest = sorted(shapes.items(), key=lambda kv: -kv[1][0] * kv[1][1])[:3]
+        detail = ", ".join(f"'{n}' {a} x {b}" for n, (a, b) in largest)
+        raise OpzoError(
+            f"The feedback matrices would take {size / 1e9:.2f} GB ({size // like.element_size():,} entries; "
+            f"largest: {detail}), more than the {limit / 1e9:.2f} GB allowed on {like.device}. Use a smaller "
+            "input or fewer classes, or raise max_feedback_gb if the memory is there."
+        )
 
 
 def train(model: nn.Module, method: str = "opzo", *, config: Optional[TrainConfig] = None,

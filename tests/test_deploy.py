@@ -1,0 +1,53 @@
+"""Deployment noise (opzo.noisy) and the size check of the feedback matrices."""
+import pytest
+import torch
+from spikingjelly.activation_based import functional, layer, neuron
+from torch import nn
+
+import opzo_ext as opzo
+from opzo_ext.models import nf_resnet34
+
+
+def small():
+    torch.manual_seed(0)
+    return nn.Sequential(layer.Linear(4, 8), neuron.LIFNode(), layer.Linear(8, 8), neuron.LIFNode(), layer.Linear(8, 3))
+
+
+def test_noisy_adds_gaussian_noise_before_every_neuron_and_goes_away():
+    net = small().eval()
+    seen = []
+    x = torch.rand(4000, 4)
+    with torch.no_grad():
+        clean = net[0](x)
+        with opzo.noisy(net, sigma=0.1, seed=0):
+            hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append(a[0].clone()))  # after noisy's
+                     for m in net.modules() if isinstance(m, neuron.LIFNode)]
+            net(x)
+            for h in hooks:
+                h.remove()
+        functional.reset_net(net)
+        after = [net[0](x)]
+    assert len(seen) == 2  # both neurons
+    diff = seen[0] - clean
+    assert abs(diff.std().item() - 0.1) < 0.003 and abs(diff.mean().item()) < 0.003
+    assert all(not m._forward_pre_hooks for m in net.modules())  # nothing left behind
+    assert torch.equal(after[0], clean)
+    with pytest.raises(ValueError, match="sigma"):
+        with opzo.noisy(net, sigma=-1):
+            pass
+
+
+def test_feedback_size_is_checked_before_allocating():
+    net = small()
+    with pytest.raises(opzo.OpzoError, match=r"0\.00 GB \(48 entries.*more than the 0\.00 GB"):
+        opzo.train(net, method="opzo", max_feedback_gb=1e-10, example_input=torch.rand(2, 4)).open()
+    with opzo.train(net, method="bp", max_feedback_gb=1e-10, example_input=torch.rand(2, 4)):
+        pass  # bp has no feedback matrices
+
+
+def test_nf_resnet34_dense_M_size_at_224():
+    """2,935,296 hidden neurons x 1000 classes = 2.94e9 entries, 11.74 GB in float32: the message
+    says so (the default limit on a 24 GB machine would be 12 GB)."""
+    net = nf_resnet34(num_classes=1000)
+    with pytest.raises(opzo.OpzoError, match=r"11\.74 GB \(2,935,296,000 entries"):
+        opzo.train(net, method="opzo", max_feedback_gb=4, example_input=torch.rand(1, 3, 224, 224)).open()
