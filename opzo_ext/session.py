@@ -28,6 +28,7 @@ from torch import nn
 from .adapters import NeuronAdapter, check_model, find_adapter
 from .config import TrainConfig
 from .discovery import Topology, discover
+from .distributed import shared_seed, world
 from .errors import OpzoError
 from .feedback import METHODS, Feedback, LossRecorder, Tap, TapCall
 from .feedback.opzo_lags import LaggedOPZO
@@ -86,7 +87,8 @@ class Session:
         self.steps = 0
         self.topology: Optional[Topology] = None
         seed = config.seed if config.seed is not None else int(torch.randint(2**62, (1,)))
-        self._seed = seed
+        self._seed = shared_seed(seed)  # the same on every rank (DFA's B); noise adds the rank
+        self._rank = world()[0]
         self._generators: dict[str, torch.Generator] = {}
         self._neurons: dict[str, _Neuron] = {}
         self._pending: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
@@ -257,7 +259,8 @@ class Session:
         for index, name in enumerate(topology.neurons):
             module = modules[name]
             adapter = find_adapter(module)
-            noise = NoiseSource(self.config.noise, self.config.antithetic, seed=self._seed + 7919 * (index + 1))
+            noise = NoiseSource(self.config.noise, self.config.antithetic,
+                                seed=self._seed + 7919 * (index + 1) + 1_000_003 * self._rank)
             rec = _Neuron(name, module, adapter, name in hidden, noise)
             if rec.hidden and self.method.needs_activity:
                 rec.activity = TraceState(self._trace_lambda(rec))

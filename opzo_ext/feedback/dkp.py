@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributed import all_reduce_sum
 from .base import Feedback, matrix_signal
 
 
@@ -44,7 +45,7 @@ class DKP(Feedback):
         with torch.no_grad():
             for name, a in zip(call.layers, call.activity):
                 b = self.matrices[name]
-                grad = torch.einsum("tbn,tbm->nm", a, e)
+                grad = all_reduce_sum(torch.einsum("tbn,tbm->nm", a, e))
                 b.grad = grad if b.grad is None else b.grad.add_(grad)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributed import all_reduce_sum, global_batch, world
 from .base import Feedback, matrix_signal
 
 
@@ -26,19 +27,29 @@ class OPZO(Feedback):
     def new_matrix(self, shape, like):
         return like.new_zeros(shape[::-1]).t()  # stored as M^T [m, n_l]: both products run row-major
 
+    def scale(self, call, o) -> float:
+        """``(1 - lam) / B`` (``/ alpha`` with ``scale_by_alpha``), B the batch over all ranks."""
+        batch = global_batch(o.shape[1], o.device)
+        return (1.0 - self.config.momentum) / batch / (call.alpha if self.config.scale_by_alpha else 1.0)
+
+    @staticmethod
+    def update(mt, o_t, z_t, lam: float, scale: float, in_place: bool):
+        """``M^T <- lam M^T + scale * o~^T z``, summed over ranks when distributed."""
+        if world()[1] > 1:
+            term = all_reduce_sum(o_t.t() @ z_t)
+            return mt.mul_(lam).add_(term, alpha=scale) if in_place else torch.add(mt * lam, term, alpha=scale)
+        if in_place:
+            return mt.addmm_(o_t.t(), z_t, beta=lam, alpha=scale)
+        return torch.addmm(mt, o_t.t(), z_t, beta=lam, alpha=scale)
+
     @torch.no_grad()
     def step(self, call, o, in_place=False):
-        lam = self.config.momentum
-        batch = o.shape[1]
-        scale = (1.0 - lam) / batch / (call.alpha if self.config.scale_by_alpha else 1.0)
+        lam, scale = self.config.momentum, self.scale(call, o)
         per_layer = []
         for name, z_l in zip(call.layers, call.z):
             mt, history = self.matrices[name].t(), []
-            for t in range(o.shape[0]):  # M^T <- lam M^T + c o~^T z
-                if in_place and o.shape[0] == 1:
-                    mt.addmm_(o[t].t(), z_l[t], beta=lam, alpha=scale)
-                else:
-                    mt = torch.addmm(mt, o[t].t(), z_l[t], beta=lam, alpha=scale)
+            for t in range(o.shape[0]):
+                mt = self.update(mt, o[t], z_l[t], lam, scale, in_place and o.shape[0] == 1)
                 history.append(mt.t())
             self.matrices[name] = history[-1]
             per_layer.append(history)

@@ -26,14 +26,13 @@ def lag_key(name: str, k: int) -> str:
 class LaggedOPZO(OPZO):
     @torch.no_grad()
     def step(self, call, o, in_place=False):
-        lam = self.config.momentum
-        scale = (1.0 - lam) / o.shape[1] / (call.alpha if self.config.scale_by_alpha else 1.0)
+        lam, scale = self.config.momentum, self.scale(call, o)
         per_entry = []
         for (name, k), z in zip(call.layers, call.z):
             key = lag_key(name, k)
             if key not in self.matrices:  # a longer sequence than seen so far: a new lag
                 self.matrices[key] = torch.zeros_like(self.matrices[name])
-            mt = torch.addmm(self.matrices[key].t(), o[0].t(), z[0], beta=lam, alpha=scale)
+            mt = self.update(self.matrices[key].t(), o[0], z[0], lam, scale, in_place=False)
             self.matrices[key] = mt.t()
             per_entry.append([mt.t()])
         return per_entry

@@ -1,0 +1,43 @@
+"""Multi-process training (``torch.distributed``, e.g. DDP launched by ``torchrun``).
+
+Each rank perturbs its own samples with its own noise (the noise seeds differ by rank), and every
+rank must hold the same feedback matrices: the M update of a step is the sum over ranks of
+``o~_r^T z_r`` divided by the global batch, so it is all-reduced (one ``[m, n_l]`` tensor per layer
+per step, the size of M itself, plus the batch size). DFA's fixed ``B`` comes from the session seed,
+which rank 0 broadcasts. Without an initialised process group every function here is a no-op.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks, in place."""
+    if world()[1] > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def global_batch(batch: int, device: torch.device) -> int:
+    """The number of samples of this step over all ranks."""
+    if world()[1] == 1:
+        return batch
+    count = torch.tensor([batch], dtype=torch.float64, device=device)
+    return int(all_reduce_sum(count).item())
+
+
+def shared_seed(seed: int, device: torch.device = torch.device("cpu")) -> int:
+    """Rank 0's ``seed`` on every rank."""
+    if world()[1] == 1:
+        return seed
+    value = torch.tensor([seed], dtype=torch.int64, device=device)
+    dist.broadcast(value, src=0)
+    return int(value.item())

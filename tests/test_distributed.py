@@ -1,0 +1,92 @@
+"""Two CPU processes (gloo, DDP) hold the same M and weights after every step, equal to one process
+training on the concatenated global batch with the same per-rank noise."""
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import opzo_ext as opzo
+from opzo_ext.noise import NoiseSource
+
+T, B, STEPS, SEED = 3, 4, 3, 11
+
+
+def make():
+    from spikingjelly.activation_based import layer, neuron, surrogate
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(5, 16), neuron.LIFNode(surrogate_function=surrogate.Sigmoid(alpha=4.0)),
+                        layer.Linear(16, 12), neuron.LIFNode(surrogate_function=surrogate.Sigmoid(alpha=4.0)),
+                        layer.Linear(12, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(3)
+        net[2].weight.mul_(3)
+    return net
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(STEPS, T, 2 * B, 5, generator=g) * 2, torch.randint(0, 3, (STEPS, 2 * B), generator=g)
+
+
+def train(net, model, x, y, session_kwargs, patch=None, record=None):
+    from spikingjelly.activation_based import functional
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with opzo.train(net, method="opzo", seed=SEED, momentum=0.5, example_input=x[0, 0], **session_kwargs) as s:
+        if patch:
+            patch(s)
+        for step in range(STEPS):
+            for t in range(T):
+                F.cross_entropy(model(x[step, t]), y[step]).backward()
+            opt.step()
+            opt.zero_grad()
+            functional.reset_net(net)
+            if record is not None:
+                record.append(({k: v.clone() for k, v in s.feedback.items()},
+                               {k: v.detach().clone() for k, v in net.state_dict().items()}))
+
+
+def worker(rank, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    x, y = data()
+    net = make()
+    record = []
+    train(net, DistributedDataParallel(net), x[:, :, rank * B:(rank + 1) * B], y[:, rank * B:(rank + 1) * B],
+          {}, record=record)
+    torch.save(record, f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+
+class TwoRankNoise:
+    """Noise of the global batch as the two ranks draw it: rank r's seed for rows r*B:(r+1)*B."""
+
+    def __init__(self, source: NoiseSource):
+        self.ranks = [NoiseSource(source.distribution, source.antithetic, source.seed + 1_000_003 * r) for r in (0, 1)]
+
+    def draw(self, like, steps, fresh):
+        return torch.cat([src.draw(like[r * B:(r + 1) * B], steps, fresh) for r, src in enumerate(self.ranks)])
+
+
+def test_two_processes_match_each_other_and_one_process(tmp_path):
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path / "rec")), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rec.{r}", weights_only=True) for r in (0, 1))
+
+    def patch(session):
+        for rec in session._neurons.values():
+            rec.noise = TwoRankNoise(rec.noise)
+
+    x, y = data()
+    net, single = make(), []
+    train(net, net, x, y, {}, patch=patch, record=single)
+    for step in range(STEPS):
+        (m0, w0), (m1, w1), (ms, ws) = rank0[step], rank1[step], single[step]
+        for k in m0:
+            assert torch.equal(m0[k], m1[k]), (step, k)  # identical on both ranks
+            torch.testing.assert_close(m0[k], ms[k], rtol=1e-5, atol=1e-7)
+        for k in w0:
+            assert torch.equal(w0[k], w1[k]), (step, k)
+            torch.testing.assert_close(w0[k], ws[k], rtol=1e-4, atol=1e-6)
+    assert all(v.abs().sum() > 0 for v in rank0[-1][0].values())
