@@ -301,6 +301,12 @@ class Session:
         intermediate readout (``igl``) get theirs from it, the others from the output."""
         like = next(self.model.parameters())
         shapes = {n: shape for n, shape in self._layer_shapes().items() if self._neurons[n].hidden}
+        if self.config.feedback_matrix == "channel":
+            groups = {n: g for n, g in self._channel_groups().items() if n in shapes}
+            for method in (self.method, self.igl_method):
+                if method is not None:
+                    method.share_rows(groups)
+            shapes = {n: ((groups[n][0], m) if n in groups else (rows, m)) for n, (rows, m) in shapes.items()}
         if type(self.method).new_matrix is not Feedback.new_matrix:
             check_feedback_size(shapes, like, self.config.max_feedback_gb)
         before = self._igl_layers()
@@ -331,6 +337,16 @@ class Session:
         steps, batch = steps_batch(ref)
         m = math.prod(tap_shape) // (steps * batch)
         return {n: (math.prod(topo.out_shapes[n]) // math.prod(steps_batch(n)), m) for n in topo.hidden}
+
+    def _channel_groups(self) -> dict[str, tuple[int, int]]:
+        """(channels, positions) of every hidden layer whose spikes have a spatial layout."""
+        groups = {}
+        for n in self.topology.hidden:
+            rec, shape = self._neurons[n], self.topology.out_shapes[n]
+            per_sample = shape[2:] if rec.adapter.is_multistep(rec.module) else shape[1:]
+            if len(per_sample) >= 2:
+                groups[n] = (per_sample[0], math.prod(per_sample[1:]))
+        return groups
 
     def _trace_lambda(self, rec: _Neuron) -> float:
         """Decay of the traces of ``rec``'s spikes: the option, else the neuron's own leak."""

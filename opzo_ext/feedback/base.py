@@ -33,6 +33,7 @@ class Feedback:
         self.config = config
         self.generator_for = generator_for  # device -> torch.Generator of the session
         self.matrices: dict[str, torch.Tensor] = {}  # neuron name -> [n_l, m] feedback matrix
+        self.groups: dict[str, tuple[int, int]] = {}  # name -> (rows C, positions P) of a shared matrix
 
     def new_matrix(self, shape: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
         """The initial feedback matrix ``[n_l, m]`` of a layer (None: the method has none)."""
@@ -71,6 +72,20 @@ class Feedback:
         if m.device != like.device or m.dtype != like.dtype:
             m = self.matrices[name] = m.to(like)
         return m
+
+    def share_rows(self, groups: dict[str, tuple[int, int]]) -> None:
+        """Layers whose matrix has one row per channel ``C`` shared by ``P`` positions."""
+        self.groups = dict(groups)
+
+    def rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``[..., n_l]`` per neuron -> ``[..., C]`` per row (mean over the positions sharing it)."""
+        group = self.groups.get(name)
+        return x if group is None else x.reshape(*x.shape[:-1], *group).mean(-1)
+
+    def spread(self, name: str, g: torch.Tensor) -> torch.Tensor:
+        """``[..., C]`` per row -> ``[..., n_l]`` per neuron (each position gets its row's value)."""
+        group = self.groups.get(name)
+        return g if group is None else g.unsqueeze(-1).expand(*g.shape, group[1]).reshape(*g.shape[:-1], -1)
 
     def state_dict(self) -> dict:
         return {"matrices": dict(self.matrices)}

@@ -48,12 +48,13 @@ class OPZO(Feedback):
         per_layer = []
         for name, z_l in zip(call.layers, call.z):
             mt, history = self.matrices[name].t(), []
+            z_rows = self.rows(name, z_l)
             for t in range(o.shape[0]):
-                mt = self.update(mt, o[t], z_l[t], lam, scale, in_place and o.shape[0] == 1)
+                mt = self.update(mt, o[t], z_rows[t], lam, scale, in_place and o.shape[0] == 1)
                 history.append(mt.t())
             self.matrices[name] = history[-1]
             per_layer.append(history)
         return per_layer
 
     def signal(self, call, e):
-        return matrix_signal(call.ctx, e)
+        return [self.spread(name, g) for name, g in zip(call.layers, matrix_signal(call.ctx, e))]

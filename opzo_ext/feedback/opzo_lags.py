@@ -38,4 +38,4 @@ class LaggedOPZO(OPZO):
         return per_entry
 
     def signal(self, call, e):
-        return matrix_signal(call.ctx, e)
+        return matrix_signal(call.ctx, e)  # lags use dense matrices
