@@ -1,0 +1,35 @@
+"""opzo-finetune on a tiny real-MNIST checkpoint: the three accuracies, and clean errors."""
+import json
+
+import torch
+
+from opzo_ext import cli, finetune
+
+TINY = ["--limit-test-batches", "2"]
+
+
+def test_finetune_reports_clean_noisy_before_and_after(tmp_path, capsys):
+    out = tmp_path / "pre"
+    assert cli.main(["--preset", "mnist", "--method", "bp", "--epochs", "1", "--limit-batches", "20", "--quiet",
+                     "--set", "steps=2", "--out", str(out), *TINY]) == 0
+    results = tmp_path / "ft.jsonl"
+    for method in ("opzo", "dfa"):
+        code = finetune.main(["--checkpoint", str(out / "checkpoint.pt"), "--preset", "mnist", "--sigma", "2.0",
+                              "--method", method, "--limit-batches", "2", "--json", str(results), *TINY])
+        assert code == 0
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["method"] for r in lines] == ["opzo", "dfa"]
+    for r in lines:
+        assert 0 <= r["noisy_acc_before"] <= 1 and 0 <= r["noisy_acc_after"] <= 1
+        assert r["clean_acc"] > 0.5  # the checkpoint was really loaded (chance is 0.1)
+    assert lines[0]["clean_acc"] == lines[1]["clean_acc"]  # same checkpoint, same clean accuracy
+    assert "noisy (sigma=2.0) before" in capsys.readouterr().out
+
+
+def test_finetune_refuses_a_checkpoint_that_does_not_fit(tmp_path, capsys):
+    path = tmp_path / "bad.pt"
+    torch.save({"net": {"fc1.weight": torch.zeros(3, 3)}}, path)
+    code = finetune.main(["--checkpoint", str(path), "--preset", "mnist", "--sigma", "0.1", "--method", "opzo"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "fc1.weight" in err and "missing" in err.lower()
