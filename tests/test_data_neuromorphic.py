@@ -33,16 +33,6 @@ from opzo_ext.data import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Per-sample transforms are tiny; on a busy 2-core machine torch's intra-op threads make the
-    # frame resize ~30x slower (DataLoader workers run single-threaded anyway).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------- writers
 
 

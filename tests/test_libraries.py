@@ -28,15 +28,6 @@ METHODS = ("bp", "opzo", "dfa", "dkp", "zo")
 SYNAPSES = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads spin badly on a loaded 2-core machine (50x slower); tiny models need one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _is_neuron(m: nn.Module) -> bool:
     return isinstance(m, (snn.SpikingNeuron, neuron.BaseNode))
 

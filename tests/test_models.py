@@ -26,15 +26,6 @@ from opzo_ext.models import (CheckpointError, NFBasicBlock, Scale, conv5, conv9,
 T, B = 2, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models run faster on one intra-op thread on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def activate(net: nn.Module) -> nn.Module:
     """Make every layer spike on random inputs and let the error reach every layer (see above)."""
     with torch.no_grad():

@@ -86,7 +86,6 @@ def smooth_net(seed=0):
 def reference_grads(net, x, y, lam):
     """Plain autograd, state detached every step; weight gradients sum_t delta_t a_hat_t^T with
     delta_t = dL_t/d(synapse output) from autograd and a_hat the trace of the synapse input."""
-    fcs = [net[0], net[2], net[4]]
     neurons = [net[1], net[3]]
     acc = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
     traces = [None, None, None]

@@ -23,15 +23,6 @@ METHODS = ("bp", "opzo", "dfa", "dkp", "zo")
 T = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads spin badly on a loaded 2-core machine; tiny models need one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------- models
 
 def _boost(model: nn.Module, factor: float = 3.0) -> nn.Module:

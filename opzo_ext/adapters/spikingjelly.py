@@ -2,7 +2,6 @@
 an instance-level ``multi_step_forward`` that runs single steps and detaches state between them."""
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import torch

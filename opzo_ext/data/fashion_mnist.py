@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import DatasetNotFoundError, PathLike, expand_root
+from ._common import DatasetNotFoundError, PathLike, expand_root, write_files_atomically
 
 #: Normalisation constants of Fashion-MNIST (of pixel / 255, training set).
 FASHION_MNIST_MEAN = 0.2860
@@ -161,18 +161,7 @@ def write_fashion_mnist_raw(
             payloads.append((name, payload))
 
     raw.mkdir(parents=True, exist_ok=True)
-    staged = []
-    try:
-        for name, payload in payloads:
-            tmp = raw / f".{name}.tmp{os.getpid()}"
-            tmp.write_bytes(payload)
-            staged.append((tmp, raw / name))
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in staged:
-            if tmp.exists():
-                tmp.unlink()
+    write_files_atomically(raw, payloads)
     return raw
 
 

@@ -33,6 +33,8 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._common import write_files_atomically
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Normalisation constants commonly used for MNIST (of pixel / 255).
@@ -175,20 +177,10 @@ def write_mnist_raw_from_pickle(
     _check_split("test", x_test, y_test, OFFICIAL_TEST_COUNTS)
 
     raw.mkdir(parents=True, exist_ok=True)
-    staged = []
-    try:
-        for train, (x, y) in ((True, (x_train, y_train)), (False, (x_test, y_test))):
-            payloads = _idx_bytes(_to_uint8(x), y)
-            for name, payload in zip(RAW_FILES[train], payloads):
-                tmp = raw / f".{name}.tmp{os.getpid()}"
-                tmp.write_bytes(payload)
-                staged.append((tmp, raw / name))
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in staged:
-            if tmp.exists():
-                tmp.unlink()
+    write_files_atomically(raw, [
+        (name, payload)
+        for train, (x, y) in ((True, (x_train, y_train)), (False, (x_test, y_test)))
+        for name, payload in zip(RAW_FILES[train], _idx_bytes(_to_uint8(x), y))])
     return raw
 
 
