@@ -66,6 +66,8 @@ class Session:
         feedback: neuron name -> feedback matrix ``[n_l, m]`` in use (M for opzo, B for dfa).
         epoch: current epoch, read by an alpha schedule; set it at the start of each epoch.
         steps: number of time steps trained so far.
+        local_readouts: the session's own readouts (``local``, ``igl``); train them with
+            :meth:`parameters` and :meth:`local_loss`.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, example_input: Any = None,
@@ -91,7 +93,8 @@ class Session:
         self._rank = world()[0]
         self._generators: dict[str, torch.Generator] = {}
         self._neurons: dict[str, _Neuron] = {}
-        self._pending: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        # hidden layer -> (graph-carrying spikes, noise z, activity trace) of this step, until the tap
+        self._pending: dict[str, tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]] = {}
         self._live_taps: "weakref.WeakSet[TapCall]" = weakref.WeakSet()  # taps whose graph is alive
         self._handles: list = []
         self._removers: list = []
