@@ -35,10 +35,11 @@ class TrainConfig:
         lags: OPZO without temporal truncation (appendix E.2): the output of step ``t`` feeds back
             to every earlier step ``t - k`` through one M per lag ``k``; weight gradients use the
             spikes themselves (no traces). Needs one backward per sequence and single-step calls.
-        feedback_matrix: ``"dense"`` (one row per neuron) or ``"channel"`` (convolutional layers share
+        feedback_matrix: ``"dense"`` (one row per neuron), ``"channel"`` (convolutional layers share
             one row per channel over positions: ``[C, m]`` instead of ``[C*H*W, m]``; the estimate
             averages ``z`` over positions and the feedback is broadcast back, then modulated by
-            each neuron's own surrogate derivative). For OPZO and DFA.
+            each neuron's own surrogate derivative; OPZO and DFA) or ``"auto"`` (default: dense
+            when it fits under ``max_feedback_gb``, else channel, with a warning).
         max_feedback_gb: refuse to allocate feedback matrices larger than this (None: half of the
             device's memory); the error gives the size per layer.
         igl: intermediate global learning: the name of a hidden neuron module whose own readout
@@ -62,7 +63,7 @@ class TrainConfig:
     igl: Optional[str] = None
     lags: bool = False
     max_feedback_gb: Optional[float] = None
-    feedback_matrix: str = "dense"
+    feedback_matrix: str = "auto"
 
     def __post_init__(self) -> None:
         def choice(field: str, value, options) -> None:
@@ -73,7 +74,7 @@ class TrainConfig:
         choice("noise", self.noise, DISTRIBUTIONS)
         choice("inject", self.inject, ("after", "before"))
         choice("trace", self.trace, ("trace", "spike"))
-        choice("feedback_matrix", self.feedback_matrix, ("dense", "channel"))
+        choice("feedback_matrix", self.feedback_matrix, ("auto", "dense", "channel"))
         if self.feedback_matrix == "channel" and self.method not in ("opzo", "dfa"):
             raise ConfigError(f"feedback_matrix='channel' is for method 'opzo' or 'dfa', not {self.method!r}.")
         if not 0.0 <= self.momentum < 1.0:

@@ -304,14 +304,24 @@ class Session:
         intermediate readout (``igl``) get theirs from it, the others from the output."""
         like = next(self.model.parameters())
         shapes = {n: shape for n, shape in self._layer_shapes().items() if self._neurons[n].hidden}
-        if self.config.feedback_matrix == "channel":
-            groups = {n: g for n, g in self._channel_groups().items() if n in shapes}
+        if type(self.method).new_matrix is Feedback.new_matrix:  # bp, zo: no matrices
+            return
+        limit = feedback_limit(like, self.config.max_feedback_gb)
+        layout = self.config.feedback_matrix
+        groups = {n: g for n, g in self._channel_groups().items() if n in shapes}
+        if layout == "auto":
+            shareable = self.config.method in ("opzo", "dfa") and not self.config.lags and groups
+            layout = "channel" if shareable and feedback_bytes(shapes, like) > limit else "dense"
+            if layout == "channel":
+                warnings.warn(f"Dense feedback matrices would take {feedback_bytes(shapes, like) / 1e9:.2f} GB, "
+                              f"more than {limit / 1e9:.2f} GB: using one row per channel for convolutional "
+                              "layers (feedback_matrix='channel'). Pass feedback_matrix='dense' to insist.")
+        if layout == "channel":
             for method in (self.method, self.igl_method):
                 if method is not None:
                     method.share_rows(groups)
             shapes = {n: ((groups[n][0], m) if n in groups else (rows, m)) for n, (rows, m) in shapes.items()}
-        if type(self.method).new_matrix is not Feedback.new_matrix:
-            check_feedback_size(shapes, like, self.config.max_feedback_gb)
+        check_feedback_size(shapes, like, limit)
         before = self._igl_layers()
         self.method.init_matrices({n: s for n, s in shapes.items() if n not in before}, like)
         if self.igl_method is not None:
@@ -507,24 +517,30 @@ class Session:
         self._pending_state = None
 
 
-def check_feedback_size(shapes: dict[str, tuple[int, int]], like: torch.Tensor, limit_gb: Optional[float]) -> None:
-    """Refuse feedback matrices larger than ``limit_gb`` (default: half the device's memory)."""
-    size = sum(n * m for n, m in shapes.values()) * like.element_size()
-    if limit_gb is None:
-        if like.device.type == "cuda":
-            total = torch.cuda.get_device_properties(like.device).total_memory
-        else:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        limit = total / 2
-    else:
-        limit = limit_gb * 1e9
+def feedback_bytes(shapes: dict[str, tuple[int, int]], like: torch.Tensor) -> int:
+    return sum(n * m for n, m in shapes.values()) * like.element_size()
+
+
+def feedback_limit(like: torch.Tensor, limit_gb: Optional[float]) -> float:
+    """Bytes allowed for feedback matrices: ``limit_gb``, else half the memory of ``like``'s device."""
+    if limit_gb is not None:
+        return limit_gb * 1e9
+    if like.device.type == "cuda":
+        return torch.cuda.get_device_properties(like.device).total_memory / 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+
+
+def check_feedback_size(shapes: dict[str, tuple[int, int]], like: torch.Tensor, limit: float) -> None:
+    """Refuse feedback matrices larger than ``limit`` bytes, naming the largest layers."""
+    size = feedback_bytes(shapes, like)
     if size > limit:
         largest = sorted(shapes.items(), key=lambda kv: -kv[1][0] * kv[1][1])[:3]
         detail = ", ".join(f"'{n}' {a} x {b}" for n, (a, b) in largest)
         raise OpzoError(
             f"The feedback matrices would take {size / 1e9:.2f} GB ({size // like.element_size():,} entries; "
-            f"largest: {detail}), more than the {limit / 1e9:.2f} GB allowed on {like.device}. Use a smaller "
-            "input or fewer classes, or raise max_feedback_gb if the memory is there."
+            f"largest: {detail}), more than the {limit / 1e9:.2f} GB allowed on {like.device}. Use "
+            "feedback_matrix='channel' (one row per conv channel), a smaller input or fewer classes, or "
+            "raise max_feedback_gb if the memory is there."
         )
 
 

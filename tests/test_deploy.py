@@ -39,7 +39,7 @@ def test_noisy_adds_gaussian_noise_before_every_neuron_and_goes_away():
 
 def test_feedback_size_is_checked_before_allocating():
     net = small()
-    with pytest.raises(opzo.OpzoError, match=r"0\.00 GB \(48 entries.*more than the 0\.00 GB"):
+    with pytest.raises(opzo.OpzoError, match=r"0\.00 GB \(48 entries.*more than the 0\.00 GB.*channel"):
         opzo.train(net, method="opzo", max_feedback_gb=1e-10, example_input=torch.rand(2, 4)).open()
     with opzo.train(net, method="bp", max_feedback_gb=1e-10, example_input=torch.rand(2, 4)):
         pass  # bp has no feedback matrices
@@ -50,4 +50,8 @@ def test_nf_resnet34_dense_M_size_at_224():
     says so (the default limit on a 24 GB machine would be 12 GB)."""
     net = nf_resnet34(num_classes=1000)
     with pytest.raises(opzo.OpzoError, match=r"11\.74 GB \(2,935,296,000 entries"):
-        opzo.train(net, method="opzo", max_feedback_gb=4, example_input=torch.rand(1, 3, 224, 224)).open()
+        opzo.train(net, method="opzo", max_feedback_gb=4, feedback_matrix="dense",
+                   example_input=torch.rand(1, 3, 224, 224)).open()
+    with pytest.warns(UserWarning, match=r"11\.74 GB.*one row per channel"):  # the default: auto
+        with opzo.train(net, method="opzo", max_feedback_gb=4, example_input=torch.rand(1, 3, 224, 224)) as s:
+            assert sum(m.numel() for m in s.feedback.values()) == 7_104_000
