@@ -40,7 +40,7 @@ class TrainConfig:
             averages ``z`` over positions and the feedback is broadcast back, then modulated by
             each neuron's own surrogate derivative; OPZO and DFA) or ``"auto"`` (default: dense
             when it fits under ``max_feedback_gb``, else channel, with a warning).
-        max_feedback_gb: refuse to allocate feedback matrices larger than this (None: half of the
+        max_feedback_gb: refuse to allocate feedback matrices larger than this (None: a quarter of the
             device's memory); the error gives the size per layer.
         igl: intermediate global learning: the name of a hidden neuron module whose own readout
             (loss in ``session.local_loss(target)``, weight 1) acts as the output for the layers

@@ -522,12 +522,13 @@ def feedback_bytes(shapes: dict[str, tuple[int, int]], like: torch.Tensor) -> in
 
 
 def feedback_limit(like: torch.Tensor, limit_gb: Optional[float]) -> float:
-    """Bytes allowed for feedback matrices: ``limit_gb``, else half the memory of ``like``'s device."""
+    """Bytes allowed for feedback matrices: ``limit_gb``, else a quarter of the memory of ``like``'s device
+    (the model, its activations and the optimizer need the rest)."""
     if limit_gb is not None:
         return limit_gb * 1e9
     if like.device.type == "cuda":
-        return torch.cuda.get_device_properties(like.device).total_memory / 2
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+        return torch.cuda.get_device_properties(like.device).total_memory / 4
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
 
 
 def check_feedback_size(shapes: dict[str, tuple[int, int]], like: torch.Tensor, limit: float) -> None:

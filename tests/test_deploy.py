@@ -47,7 +47,7 @@ def test_feedback_size_is_checked_before_allocating():
 
 def test_nf_resnet34_dense_M_size_at_224():
     """2,935,296 hidden neurons x 1000 classes = 2.94e9 entries, 11.74 GB in float32: the message
-    says so (the default limit on a 24 GB machine would be 12 GB)."""
+    says so; the default limit on a 24 GB device is 6 GB (a quarter), so "auto" shares rows there."""
     net = nf_resnet34(num_classes=1000)
     with pytest.raises(opzo.OpzoError, match=r"11\.74 GB \(2,935,296,000 entries"):
         opzo.train(net, method="opzo", max_feedback_gb=4, feedback_matrix="dense",
