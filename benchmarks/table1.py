@@ -28,7 +28,9 @@ def main(root: str) -> None:
     print("Runs made on the 2-core CPU machine with `opzo-train` (commands in `benchmarks/table1.py`);")
     print("the paper trains 50 epochs with the same hyperparameters (AdamW 2e-4, wd 2e-4, cosine to 0,")
     print("batch 128, dropout 0.2 except ZO, ZO lr 2e-5, alpha 0.2 -> 0.01, lam 0.99999). Test accuracy")
-    print("after the last epoch; the learning-rate and alpha schedules span the epochs run.\n")
+    print("after the last epoch; the learning-rate and alpha schedules span the epochs run. The s/epoch")
+    print("column is wall time with other jobs sharing the 2 cores: not a speed comparison (that is")
+    print("`benchmarks/step_cost.py`).\n")
     for dataset, by_method in rows.items():
         epochs = max(len(r) for r in by_method.values())
         print(f"## {NAMES.get(dataset, dataset)} ({epochs} epochs)\n")
