@@ -6,12 +6,13 @@
 
 See :func:`train` and :class:`TrainConfig`.
 """
+from . import diagnostics
 from .config import METHOD_NAMES, TrainConfig
 from .deploy import noisy
 from .errors import ConfigError, OpzoError, UnsupportedModelError
 from .noise import linear_alpha
 from .session import Session, train
 
-__all__ = ["train", "Session", "TrainConfig", "METHOD_NAMES", "linear_alpha", "noisy",
+__all__ = ["diagnostics", "train", "Session", "TrainConfig", "METHOD_NAMES", "linear_alpha", "noisy",
            "OpzoError", "ConfigError", "UnsupportedModelError"]
 __version__ = "0.1.0"

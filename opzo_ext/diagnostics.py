@@ -1,0 +1,104 @@
+"""Diagnostics usable inside any training or evaluation loop.
+
+    with opzo.diagnostics.activity(model) as act:
+        evaluate(model)
+    act.firing_rates()   # {neuron name: spikes per neuron per step}
+    act.synops()         # {synapse name: synaptic operations per sample and time step}
+
+A synaptic operation is one accumulate triggered by one presynaptic spike at one target: a spike
+entering a Linear layer costs ``out_features`` operations; one entering a convolution costs the
+number of (output channel, position) pairs it reaches, computed exactly (borders and stride
+included) as a transposed convolution of ones (table 7 of the paper counts SynOps this way).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapters import find_adapter
+from .traces import is_synapse
+
+
+class Activity:
+    """Spike and synaptic-operation counts collected by :func:`activity`."""
+
+    def __init__(self):
+        self.spikes: dict[str, float] = {}
+        self.elements: dict[str, int] = {}
+        self.ops: dict[str, float] = {}
+        self.samples: dict[str, int] = {}
+        self._fan_out: dict[tuple, torch.Tensor] = {}
+
+    def firing_rates(self) -> dict[str, float]:
+        """Mean spikes per neuron per time step of every spiking layer."""
+        return {n: self.spikes[n] / self.elements[n] for n in self.spikes if self.elements[n]}
+
+    def synops(self) -> dict[str, float]:
+        """Synaptic operations per sample and time step of every synapse fed by spikes (times T
+        for the count per sample)."""
+        return {n: self.ops[n] / self.samples[n] for n in self.ops if self.samples[n]}
+
+    def fan_out(self, module: nn.Module, shape: tuple) -> torch.Tensor:
+        """Targets reached by one input element, shape ``shape[1:]`` (cached per layer and shape)."""
+        key = (id(module), shape)
+        if key not in self._fan_out:
+            if isinstance(module, nn.Linear):
+                self._fan_out[key] = torch.full(shape[1:], float(module.out_features))
+            else:
+                dims = len(module.kernel_size)
+                x = torch.zeros(1, *shape[1:])
+                with torch.no_grad():
+                    out = getattr(F, f"conv{dims}d")(
+                        x, torch.zeros(module.out_channels, module.in_channels // module.groups, *module.kernel_size),
+                        None, module.stride, module.padding, module.dilation, module.groups)
+                    ones_w = torch.ones(module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+                    fan = getattr(F, f"conv_transpose{dims}d")(
+                        torch.ones_like(out), ones_w, None, module.stride, module.padding,
+                        output_padding=_output_padding(x.shape[2:], out.shape[2:], module),
+                        groups=module.groups, dilation=module.dilation)
+                self._fan_out[key] = fan[0]
+        return self._fan_out[key]
+
+
+def _output_padding(in_size, out_size, module) -> tuple:
+    """Output padding that makes the transposed convolution give back ``in_size``."""
+    pads = []
+    for i, (n_in, n_out) in enumerate(zip(in_size, out_size)):
+        k, s, p, d = (module.kernel_size[i], module.stride[i], module.padding[i], module.dilation[i])
+        pads.append(n_in - ((n_out - 1) * s - 2 * p + d * (k - 1) + 1))
+    return tuple(pads)
+
+
+@contextmanager
+def activity(model: nn.Module) -> Iterator[Activity]:
+    """Count spikes of every neuron and synaptic operations of every Linear/Conv whose input is
+    binary (spikes) while the block runs; hooks are removed on exit."""
+    stats = Activity()
+    handles = []
+    for name, module in model.named_modules():
+        adapter = find_adapter(module)
+        if adapter is not None:
+            def count_spikes(m, args, out, name=name, adapter=adapter):
+                s = adapter.spike(out).detach()
+                stats.spikes[name] = stats.spikes.get(name, 0.0) + float(s.sum())
+                stats.elements[name] = stats.elements.get(name, 0) + s.numel()
+            handles.append(module.register_forward_hook(count_spikes))
+        elif is_synapse(module) and (isinstance(module, nn.Linear) or isinstance(module.padding, tuple)):
+            def count_ops(m, args, out, name=name):
+                x = args[0].detach()
+                if not bool(((x == 0) | (x == 1)).all()):  # analog input (the image, a residual stream)
+                    return
+                flat = x.reshape(-1, *x.shape[-1:]) if isinstance(m, nn.Linear) else \
+                    x.reshape(-1, *x.shape[-(len(m.kernel_size) + 1):])
+                stats.ops[name] = stats.ops.get(name, 0.0) + float((flat * stats.fan_out(m, tuple(flat.shape))).sum())
+                stats.samples[name] = stats.samples.get(name, 0) + flat.shape[0]
+            handles.append(module.register_forward_hook(count_ops))
+    try:
+        yield stats
+    finally:
+        for h in handles:
+            h.remove()
