@@ -42,20 +42,22 @@ class Activity:
         for the count per sample)."""
         return {n: self.ops[n] / self.samples[n] for n in self.ops if self.samples[n]}
 
-    def fan_out(self, module: nn.Module, shape: tuple) -> torch.Tensor:
+    def fan_out(self, module: nn.Module, shape: tuple, device: torch.device) -> torch.Tensor:
         """Targets reached by one input element, shape ``shape[1:]`` (cached per layer and shape)."""
-        key = (id(module), shape)
+        key = (id(module), shape, str(device))
         if key not in self._fan_out:
             if isinstance(module, nn.Linear):
-                self._fan_out[key] = torch.full(shape[1:], float(module.out_features))
+                self._fan_out[key] = torch.full(shape[1:], float(module.out_features), device=device)
             else:
                 dims = len(module.kernel_size)
-                x = torch.zeros(1, *shape[1:])
+                x = torch.zeros(1, *shape[1:], device=device)
                 with torch.no_grad():
                     out = getattr(F, f"conv{dims}d")(
-                        x, torch.zeros(module.out_channels, module.in_channels // module.groups, *module.kernel_size),
+                        x, torch.zeros(module.out_channels, module.in_channels // module.groups, *module.kernel_size,
+                                       device=device),
                         None, module.stride, module.padding, module.dilation, module.groups)
-                    ones_w = torch.ones(module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+                    ones_w = torch.ones(module.out_channels, module.in_channels // module.groups, *module.kernel_size,
+                                        device=device)
                     fan = getattr(F, f"conv_transpose{dims}d")(
                         torch.ones_like(out), ones_w, None, module.stride, module.padding,
                         output_padding=_output_padding(x.shape[2:], out.shape[2:], module),
@@ -94,7 +96,8 @@ def activity(model: nn.Module) -> Iterator[Activity]:
                     return
                 flat = x.reshape(-1, *x.shape[-1:]) if isinstance(m, nn.Linear) else \
                     x.reshape(-1, *x.shape[-(len(m.kernel_size) + 1):])
-                stats.ops[name] = stats.ops.get(name, 0.0) + float((flat * stats.fan_out(m, tuple(flat.shape))).sum())
+                fan = stats.fan_out(m, tuple(flat.shape), flat.device)
+                stats.ops[name] = stats.ops.get(name, 0.0) + float((flat * fan).sum())
                 stats.samples[name] = stats.samples.get(name, 0) + flat.shape[0]
             handles.append(module.register_forward_hook(count_ops))
     try:

@@ -34,10 +34,12 @@ def global_batch(batch: int, device: torch.device) -> int:
     return int(all_reduce_sum(count).item())
 
 
-def shared_seed(seed: int, device: torch.device = torch.device("cpu")) -> int:
+def shared_seed(seed: int) -> int:
     """Rank 0's ``seed`` on every rank."""
     if world()[1] == 1:
         return seed
+    nccl = dist.get_backend() == "nccl"  # NCCL only moves CUDA tensors
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     value = torch.tensor([seed], dtype=torch.int64, device=device)
     dist.broadcast(value, src=0)
     return int(value.item())
