@@ -1,5 +1,7 @@
 """Diagnostics usable inside any training or evaluation loop.
 
+    cos = opzo.diagnostics.gradient_alignment(session, run_batch)   # {weight: cosine to BP}
+
     with opzo.diagnostics.activity(model) as act:
         evaluate(model)
     act.firing_rates()   # {neuron name: spikes per neuron per step}
@@ -13,13 +15,15 @@ included) as a transposed convolution of ones (table 7 of the paper counts SynOp
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .adapters import find_adapter
+from .errors import OpzoError
+from .feedback import BP, Feedback
 from .traces import is_synapse
 
 
@@ -105,3 +109,78 @@ def activity(model: nn.Module) -> Iterator[Activity]:
     finally:
         for h in handles:
             h.remove()
+
+
+class _NoisyBP(Feedback):
+    """Online spatial BP through the *perturbed* forward pass: the reference for alignment."""
+
+    name = "bp"
+    cuts_spatial_bp = False
+    injects_noise = True
+
+
+def _clone(obj):
+    """Deep copy of a state dict's tensors (feedback matrices are updated in place)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
+def gradient_alignment(session, run_batch: Callable[[], None]) -> dict[str, float]:
+    """Cosine, per weight, between the gradient the session's method gives for one batch and the
+    online spatial-BP gradient (same surrogate, traces, batch, spikes and noise).
+
+    ``run_batch()`` runs the user's forward and backward passes over whole sequences (it starts
+    with the network's reset, so traces start afresh). It runs twice: once for real, then with the
+    session state (M, noise generators, counters) and torch's RNG rewound and spatial BP through
+    the same perturbed forward. Afterwards gradients, session state and RNG are as after the real
+    pass alone: training is not disturbed. The optimizer step is the caller's.
+    """
+    if session.topology is None:
+        raise OpzoError("gradient_alignment needs a session that has seen the model: call it after the "
+                        "first training step, or open the session with example_input=...")
+    model = session.model
+    params = list(model.parameters()) + list(session.local_readouts.parameters())
+    before = [None if p.grad is None else p.grad.clone() for p in params]
+    state, rng = _clone(session.state_dict()), _rng_state()
+    for p in params:
+        p.grad = None
+    run_batch()
+    by_method = [None if p.grad is None else p.grad.clone() for p in params]
+    state_after, rng_after = _clone(session.state_dict()), _rng_state()
+
+    session.load_state_dict(state)
+    _set_rng_state(rng)
+    for p in params:
+        p.grad = None
+    method = session.method
+    session.method = _NoisyBP(session.config, session._generator) if method.injects_noise else BP(session.config, session._generator)
+    try:
+        run_batch()
+    finally:
+        session.method = method
+    by_bp = [None if p.grad is None else p.grad.clone() for p in params]
+
+    session.load_state_dict(state_after)
+    _set_rng_state(rng_after)
+    for p, g0, g in zip(params, before, by_method):
+        p.grad = g if g0 is None else (g0 if g is None else g0 + g)
+    cosines = {}
+    for (name, p), g, ref in zip(model.named_parameters(), by_method, by_bp):
+        if p.dim() > 1 and g is not None and ref is not None:
+            cosines[name] = F.cosine_similarity(g.flatten(), ref.flatten(), dim=0).item()
+    return cosines
+
+
+def _rng_state():
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])

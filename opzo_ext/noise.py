@@ -76,6 +76,7 @@ class NoiseSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.parity, self.last = state["parity"], state["last"]
+        self.generators = {}  # a device without a saved state starts again from the seed
         for device, rng in state["generators"].items():
             self.generator(torch.device(device)).set_state(rng)
 

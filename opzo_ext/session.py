@@ -146,6 +146,7 @@ class Session:
         self.method.load_state_dict(state["feedback"])
         if self.igl_method is not None and state.get("igl_feedback") is not None:
             self.igl_method.load_state_dict(state["igl_feedback"])
+        self._generators = {}  # a device without a saved state starts again from the seed
         for device, rng in state["generators"].items():
             self._generator(torch.device(device)).set_state(rng)
         self._pending_state = state["noise"]
@@ -421,15 +422,16 @@ class Session:
                 "neuron modules for each use."
             )
         spike = rec.adapter.spike(output)
+        carried = spike.detach() if self.method.cuts_spatial_bp else spike  # the cut of spatial BP
         z = None
         if self.method.injects_noise:
             if self.config.inject == "after":
                 z = rec.noise.draw(spike, rec.steps, rec.fresh)
-                passed = torch.add(spike.detach(), z, alpha=self.alpha)
+                passed = torch.add(carried, z, alpha=self.alpha)
             else:
-                z, passed = rec.z, spike.detach()
+                z, passed = rec.z, carried
         else:
-            passed = spike.detach()
+            passed = carried
         activity = rec.activity.update(spike, rec.steps, rec.fresh) if rec.activity is not None else None
         self._pending[rec.name] = (spike, z, activity)
         if self.config.lags:
@@ -451,6 +453,7 @@ class Session:
         steps = pre.steps if pre is not None else 1
         self.steps += steps
         if not self.method.cuts_spatial_bp or not self._pending:
+            self._pending.clear()
             return o
         names = [n for n in self.topology.hidden if n in self._pending]
         if self.config.lags:

@@ -43,3 +43,71 @@ def test_conv_fan_out_counts_borders_and_stride():
     with activity(strided) as act, torch.no_grad():
         strided(x)
     assert act.synops() == {"0": 16.0}
+
+
+def _setup(method):
+    from spikingjelly.activation_based import surrogate
+
+    import opzo_ext as opzo
+
+    torch.manual_seed(0)
+    sg = surrogate.Sigmoid(alpha=4.0)
+    net = nn.Sequential(layer.Linear(6, 12), neuron.LIFNode(surrogate_function=sg), layer.Linear(12, 10),
+                        neuron.LIFNode(surrogate_function=sg), layer.Linear(10, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(3)
+        net[2].weight.mul_(3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    session = opzo.train(net, method=method, seed=3, momentum=0.5, example_input=torch.rand(8, 6)).open()
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.rand(3, 8, 6, generator=g) * 2, torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    return net, opt, session, batches
+
+
+def _run(net, x, y):
+    import torch.nn.functional as F
+
+    functional.reset_net(net)
+    for t in range(x.shape[0]):
+        F.cross_entropy(net(x[t]), y).backward()
+
+
+def test_gradient_alignment_of_bp_with_itself_is_one():
+    from opzo_ext.diagnostics import gradient_alignment
+
+    net, opt, session, batches = _setup("bp")
+    x, y = batches[0]
+    cos = gradient_alignment(session, lambda: _run(net, x, y))
+    session.close()
+    assert set(cos) == {"0.weight", "2.weight", "4.weight"}
+    assert all(c == pytest.approx(1.0, abs=1e-5) for c in cos.values())
+    import opzo_ext as opzo
+
+    fresh = opzo.train(nn.Sequential(layer.Linear(2, 2), neuron.LIFNode(), layer.Linear(2, 2))).open()
+    with pytest.raises(opzo.OpzoError, match="after the first training step"):
+        gradient_alignment(fresh, lambda: None)
+    fresh.close()
+
+
+def test_gradient_alignment_does_not_disturb_training():
+    from opzo_ext.diagnostics import gradient_alignment
+
+    finals, cosines = [], []
+    for monitor in (False, True):
+        net, opt, session, batches = _setup("opzo")
+        for x, y in batches:
+            if monitor:
+                cosines.append(gradient_alignment(session, lambda: _run(net, x, y)))
+            else:
+                _run(net, x, y)
+            opt.step()
+            opt.zero_grad()
+        finals.append(({n: p.detach().clone() for n, p in net.named_parameters()},
+                       {k: v.clone() for k, v in session.feedback.items()}, session.steps))
+        session.close()
+    (w0, m0, s0), (w1, m1, s1) = finals
+    assert s0 == s1 and all(torch.equal(w0[k], w1[k]) for k in w0) and all(torch.equal(m0[k], m1[k]) for k in m0)
+    for cos in cosines:  # the readout's gradient is exact in both: same forward, same error
+        assert cos["4.weight"] == pytest.approx(1.0, abs=1e-5)
+    last = cosines[-1]
+    assert all(-1.0 - 1e-6 <= c <= 1.0 + 1e-6 for c in last.values()) and last["0.weight"] < 0.999
