@@ -1,6 +1,7 @@
 """Diagnostics usable inside any training or evaluation loop.
 
     cos = opzo.diagnostics.gradient_alignment(session, run_batch)   # {weight: cosine to BP}
+    variance = opzo.diagnostics.GradientVariance(model)              # per layer, over an epoch
 
     with opzo.diagnostics.activity(model) as act:
         evaluate(model)
@@ -184,3 +185,38 @@ def _set_rng_state(state) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
+
+
+class GradientVariance:
+    """Gradient variance per layer as the paper defines it (appendix C.3.2): over the batch
+    gradients ``g_i`` of one epoch, ``var = sum_i ||g_i - mean(g)||^2 / (n_batches * n_elements)``.
+
+        variance = GradientVariance(model)
+        for batch in epoch:
+            ...  # forward and backward
+            variance.update()            # before optimizer.zero_grad()
+            optimizer.step(); optimizer.zero_grad()
+        variance.result()                # {weight name: variance}
+
+    Kept as running sums per element (Welford), so memory is twice the weights.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.params = {n: p for n, p in model.named_parameters() if p.dim() > 1}
+        self.count = 0
+        self.mean = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.m2 = {n: torch.zeros_like(p) for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Add the current ``.grad`` of every weight as one batch gradient."""
+        self.count += 1
+        for n, p in self.params.items():
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            delta = g - self.mean[n]
+            self.mean[n] += delta / self.count
+            self.m2[n] += delta * (g - self.mean[n])
+
+    def result(self) -> dict[str, float]:
+        return {n: float(self.m2[n].sum()) / (self.count * self.m2[n].numel()) for n in self.params} \
+            if self.count else {}

@@ -111,3 +111,22 @@ def test_gradient_alignment_does_not_disturb_training():
         assert cos["4.weight"] == pytest.approx(1.0, abs=1e-5)
     last = cosines[-1]
     assert all(-1.0 - 1e-6 <= c <= 1.0 + 1e-6 for c in last.values()) and last["0.weight"] < 0.999
+
+
+def test_gradient_variance_matches_the_papers_formula():
+    from opzo_ext.diagnostics import GradientVariance
+
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    variance = GradientVariance(net)
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(p.shape, generator=g) for p in net.parameters()] for _ in range(5)]
+    for batch in grads:
+        for p, gr in zip(net.parameters(), batch):
+            p.grad = gr.clone()
+        variance.update()
+    out = variance.result()
+    assert set(out) == {"0.weight", "1.weight"}  # weights only
+    for name, index in (("0.weight", 0), ("1.weight", 2)):
+        stack = torch.stack([b[index] for b in grads])
+        expected = ((stack - stack.mean(0)) ** 2).sum() / (5 * stack[0].numel())
+        assert out[name] == pytest.approx(expected.item(), rel=1e-5)
