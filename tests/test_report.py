@@ -1,0 +1,14 @@
+"""opzo-report --quick: every section of the report is written, with the plot."""
+from opzo_ext import report
+
+
+def test_quick_report_has_every_section(tmp_path):
+    out = tmp_path / "report.md"
+    assert report.main(["--quick", "--quiet", "--out", str(out)]) == 0
+    text = out.read_text()
+    for title in ("Table 1", "Table 7", "Figure 2", "Figure 4", "Table 2", "Table 8", "Table 11"):
+        assert f"## {title}" in text, title
+    for method in ("bp", "opzo", "dfa", "dkp", "zo"):
+        assert f"| {method} | " in text
+    assert "| rademacher, before |" in text and "| 0.99999 |" in text
+    assert (tmp_path / "alignment.png").stat().st_size > 1000
