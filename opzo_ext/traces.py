@@ -54,9 +54,6 @@ class TraceState:
         self.value = prev
         return (prev if out is None else out).view(x.shape)
 
-    def reset(self) -> None:
-        self.value = None
-
 
 class TracedLinear(torch.autograd.Function):
     """``y = x W^T + b`` forward; backward ``dW = g^T a_hat``, ``db = sum g``, ``dx = g W``."""
