@@ -35,11 +35,19 @@ class TrainConfig:
         lags: OPZO without temporal truncation (appendix E.2): the output of step ``t`` feeds back
             to every earlier step ``t - k`` through one M per lag ``k``; weight gradients use the
             spikes themselves (no traces). Needs one backward per sequence and single-step calls.
-        feedback_matrix: ``"dense"`` (one row per neuron), ``"channel"`` (convolutional layers share
-            one row per channel over positions: ``[C, m]`` instead of ``[C*H*W, m]``; the estimate
-            averages ``z`` over positions and the feedback is broadcast back, then modulated by
-            each neuron's own surrogate derivative; OPZO and DFA) or ``"auto"`` (default: dense
-            when it fits under ``max_feedback_gb``, else channel, with a warning).
+        feedback_matrix: how M (or DFA's B) is stored, for memory:
+
+            * ``"dense"``: float32, one row per neuron, ``[n_l, m]`` (the reference);
+            * ``"channel"``: convolutional layers share one row per channel over positions,
+              ``[C, m]`` instead of ``[C*H*W, m]``; the estimate averages ``z`` over positions and
+              the feedback is broadcast back, then modulated by each neuron's own surrogate
+              derivative (OPZO and DFA);
+            * ``"bf16"``: dense, stored in bfloat16 with stochastically rounded updates (OPZO);
+            * ``"lowrank"``: ``M = A B^T`` of rank ``feedback_rank``, kept by a streaming
+              truncated SVD (OPZO, single process);
+            * ``"auto"`` (default): dense when it fits under ``max_feedback_gb``, else channel,
+              with a warning.
+        feedback_rank: the rank of ``feedback_matrix="lowrank"`` (exact while ``m <= rank``).
         max_feedback_gb: refuse to allocate feedback matrices larger than this (None: a quarter of the
             device's memory); the error gives the size per layer.
         igl: intermediate global learning: the name of a hidden neuron module whose own readout
@@ -64,6 +72,7 @@ class TrainConfig:
     lags: bool = False
     max_feedback_gb: Optional[float] = None
     feedback_matrix: str = "auto"
+    feedback_rank: int = 64
 
     def __post_init__(self) -> None:
         def choice(field: str, value, options) -> None:
@@ -74,9 +83,14 @@ class TrainConfig:
         choice("noise", self.noise, DISTRIBUTIONS)
         choice("inject", self.inject, ("after", "before"))
         choice("trace", self.trace, ("trace", "spike"))
-        choice("feedback_matrix", self.feedback_matrix, ("auto", "dense", "channel"))
+        choice("feedback_matrix", self.feedback_matrix, ("auto", "dense", "channel", "bf16", "lowrank"))
         if self.feedback_matrix == "channel" and self.method not in ("opzo", "dfa"):
             raise ConfigError(f"feedback_matrix='channel' is for method 'opzo' or 'dfa', not {self.method!r}.")
+        if self.feedback_matrix in ("bf16", "lowrank") and (self.method != "opzo" or self.lags):
+            raise ConfigError(f"feedback_matrix={self.feedback_matrix!r} stores OPZO's momentum matrices M; it needs "
+                              f"method='opzo' without lags (got method={self.method!r}, lags={self.lags}).")
+        if not (isinstance(self.feedback_rank, int) and self.feedback_rank >= 1):
+            raise ConfigError(f"feedback_rank={self.feedback_rank!r} must be a positive integer (e.g. 64).")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum={self.momentum!r} must lie in [0, 1) (the paper uses 0.99999).")
         if not callable(self.alpha) and not (isinstance(self.alpha, (int, float)) and self.alpha > 0):

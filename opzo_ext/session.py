@@ -30,8 +30,7 @@ from .config import TrainConfig
 from .discovery import Topology, discover
 from .distributed import shared_seed, world
 from .errors import OpzoError
-from .feedback import METHODS, Feedback, LossRecorder, Tap, TapCall
-from .feedback.opzo_lags import LaggedOPZO
+from .feedback import Feedback, LossRecorder, Tap, TapCall, method_class
 from .noise import NoiseSource
 from .patching import override
 from .traces import TraceState, fused_rule, traced_call
@@ -81,9 +80,9 @@ class Session:
         self._local_state: Optional[dict] = None
         self._last_neuron: Optional[_Neuron] = None  # the neuron called last (its step layout)
         self.config = config
-        self.method = (LaggedOPZO if config.lags else METHODS[config.method])(config, self._generator)
+        self.method = method_class(config)(config, self._generator)
         # intermediate global learning: the layers before config.igl get feedback from its readout
-        self.igl_method = METHODS[config.method](config, self._generator) \
+        self.igl_method = method_class(config)(config, self._generator) \
             if config.igl and self.method.cuts_spatial_bp else None
         self.epoch = 0
         self.steps = 0
@@ -109,7 +108,8 @@ class Session:
 
     @property
     def feedback(self) -> dict[str, torch.Tensor]:
-        return {**(self.igl_method.matrices if self.igl_method else {}), **self.method.matrices}
+        return {**(self.igl_method.feedback_matrices() if self.igl_method else {}),
+                **self.method.feedback_matrices()}
 
     @property
     def alpha(self) -> float:
@@ -312,9 +312,10 @@ class Session:
         groups = {n: g for n, g in self._channel_groups().items() if n in shapes}
         if layout == "auto":
             shareable = self.config.method in ("opzo", "dfa") and not self.config.lags and groups
-            layout = "channel" if shareable and feedback_bytes(shapes, like) > limit else "dense"
+            dense = feedback_bytes(shapes, self.method, like)
+            layout = "channel" if shareable and dense > limit else "dense"
             if layout == "channel":
-                warnings.warn(f"Dense feedback matrices would take {feedback_bytes(shapes, like) / 1e9:.2f} GB, "
+                warnings.warn(f"Dense feedback matrices would take {dense / 1e9:.2f} GB, "
                               f"more than {limit / 1e9:.2f} GB: using one row per channel for convolutional "
                               "layers (feedback_matrix='channel'). Pass feedback_matrix='dense' to insist.")
         if layout == "channel":
@@ -322,7 +323,10 @@ class Session:
                 if method is not None:
                     method.share_rows(groups)
             shapes = {n: ((groups[n][0], m) if n in groups else (rows, m)) for n, (rows, m) in shapes.items()}
-        check_feedback_size(shapes, like, limit)
+        if layout == "lowrank" and world()[1] > 1:
+            raise OpzoError("feedback_matrix='lowrank' does not support multi-process training yet; use "
+                            "'dense', 'bf16' or 'channel' (their M updates are all-reduced).")
+        check_feedback_size(shapes, self.method, like, limit)
         before = self._igl_layers()
         self.method.init_matrices({n: s for n, s in shapes.items() if n not in before}, like)
         if self.igl_method is not None:
@@ -520,8 +524,9 @@ class Session:
         self._pending_state = None
 
 
-def feedback_bytes(shapes: dict[str, tuple[int, int]], like: torch.Tensor) -> int:
-    return sum(n * m for n, m in shapes.values()) * like.element_size()
+def feedback_bytes(shapes: dict[str, tuple[int, int]], method: Feedback, like: torch.Tensor) -> int:
+    """Bytes of ``method``'s feedback matrices for layers of ``[n_l, m]`` ``shapes``."""
+    return sum(method.matrix_bytes(shape, like) for shape in shapes.values())
 
 
 def feedback_limit(like: torch.Tensor, limit_gb: Optional[float]) -> float:
@@ -534,17 +539,19 @@ def feedback_limit(like: torch.Tensor, limit_gb: Optional[float]) -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
 
 
-def check_feedback_size(shapes: dict[str, tuple[int, int]], like: torch.Tensor, limit: float) -> None:
+def check_feedback_size(shapes: dict[str, tuple[int, int]], method: Feedback, like: torch.Tensor,
+                        limit: float) -> None:
     """Refuse feedback matrices larger than ``limit`` bytes, naming the largest layers."""
-    size = feedback_bytes(shapes, like)
+    size = feedback_bytes(shapes, method, like)
     if size > limit:
+        entry = method.dtype.itemsize if method.dtype else like.element_size()
         largest = sorted(shapes.items(), key=lambda kv: -kv[1][0] * kv[1][1])[:3]
         detail = ", ".join(f"'{n}' {a} x {b}" for n, (a, b) in largest)
         raise OpzoError(
-            f"The feedback matrices would take {size / 1e9:.2f} GB ({size // like.element_size():,} entries; "
+            f"The feedback matrices would take {size / 1e9:.2f} GB ({size // entry:,} entries; "
             f"largest: {detail}), more than the {limit / 1e9:.2f} GB allowed on {like.device}. Use "
-            "feedback_matrix='channel' (one row per conv channel), a smaller input or fewer classes, or "
-            "raise max_feedback_gb if the memory is there."
+            "feedback_matrix='channel' (one row per conv channel), 'lowrank' (rank feedback_rank) or 'bf16' "
+            "(half the bytes), a smaller input or fewer classes, or raise max_feedback_gb if the memory is there."
         )
 
 

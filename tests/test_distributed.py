@@ -54,9 +54,16 @@ def worker(rank, init_file, out_file):
     x, y = data()
     net = make()
     record = []
-    train(net, DistributedDataParallel(net), x[:, :, rank * B:(rank + 1) * B], y[:, rank * B:(rank + 1) * B],
-          {}, record=record)
-    torch.save(record, f"{out_file}.{rank}")
+    mine = x[:, :, rank * B:(rank + 1) * B], y[:, rank * B:(rank + 1) * B]
+    train(net, DistributedDataParallel(net), *mine, {}, record=record)
+    net, bf16 = make(), []  # M in bfloat16: the ranks must round identically
+    train(net, DistributedDataParallel(net), *mine, {"feedback_matrix": "bf16"}, record=bf16)
+    try:
+        opzo.train(make(), method="opzo", feedback_matrix="lowrank", example_input=x[0, 0]).open()
+        refusal = ""
+    except opzo.OpzoError as exc:
+        refusal = str(exc)
+    torch.save({"dense": record, "bf16": bf16, "lowrank": refusal}, f"{out_file}.{rank}")
     dist.destroy_process_group()
 
 
@@ -72,7 +79,8 @@ class TwoRankNoise:
 
 def test_two_processes_match_each_other_and_one_process(tmp_path):
     mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path / "rec")), nprocs=2, join=True)
-    rank0, rank1 = (torch.load(tmp_path / f"rec.{r}", weights_only=True) for r in (0, 1))
+    out0, out1 = (torch.load(tmp_path / f"rec.{r}", weights_only=True) for r in (0, 1))
+    rank0, rank1 = out0["dense"], out1["dense"]
 
     def patch(session):
         for rec in session._neurons.values():
@@ -90,3 +98,10 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
             assert torch.equal(w0[k], w1[k]), (step, k)
             torch.testing.assert_close(w0[k], ws[k], rtol=1e-4, atol=1e-6)
     assert all(v.abs().sum() > 0 for v in rank0[-1][0].values())
+    for step in range(STEPS):  # bf16 M: identical on both ranks, close to the float32 M
+        (m0, w0), (m1, w1), (md, _) = out0["bf16"][step], out1["bf16"][step], rank0[step]
+        for k in m0:
+            assert m0[k].dtype == torch.bfloat16 and torch.equal(m0[k], m1[k]), (step, k)
+            assert F.cosine_similarity(m0[k].float().flatten(), md[k].flatten(), dim=0) > 0.99
+        assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert "does not support multi-process" in out0["lowrank"]

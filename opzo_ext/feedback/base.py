@@ -28,6 +28,7 @@ class Feedback:
     needs_loss = False  # the signal uses the scalar loss value (ZO)
     signal_uses_noise = False  # signal() reads z (else z is dropped after step() to save memory)
     needs_activity = False  # step() reads each hidden layer's own spike trace (DKP)
+    dtype: Optional[torch.dtype] = None  # storage dtype of the matrices (None: the model's)
 
     def __init__(self, config, generator_for):
         self.config = config
@@ -38,6 +39,14 @@ class Feedback:
     def new_matrix(self, shape: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
         """The initial feedback matrix ``[n_l, m]`` of a layer (None: the method has none)."""
         return None
+
+    def matrix_bytes(self, shape: tuple[int, int], like: torch.Tensor) -> int:
+        """Bytes of the feedback matrix of a layer of shape ``[n_l, m]``, before allocating it."""
+        return shape[0] * shape[1] * (self.dtype.itemsize if self.dtype else like.element_size())
+
+    def feedback_matrices(self) -> dict[str, torch.Tensor]:
+        """Neuron name -> feedback matrix ``[n_l, m]`` as used by :meth:`signal`."""
+        return self.matrices
 
     def init_matrices(self, shapes: dict[str, tuple[int, int]], like: torch.Tensor) -> None:
         """Create the feedback matrices once the layers are known; loaded ones are checked."""
@@ -69,8 +78,9 @@ class Feedback:
                 f"{tuple(shape)} ([neurons, outputs]): the loaded session state was made for another "
                 "model or input size."
             )
-        if m.device != like.device or m.dtype != like.dtype:
-            m = self.matrices[name] = m.to(like)
+        dtype = self.dtype or like.dtype
+        if m.device != like.device or m.dtype != dtype:
+            m = self.matrices[name] = m.to(like.device, dtype)
         return m
 
     def share_rows(self, groups: dict[str, tuple[int, int]]) -> None:
@@ -91,7 +101,9 @@ class Feedback:
         return {"matrices": dict(self.matrices)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.matrices = dict(state["matrices"])
+        """Copies the matrices: later in-place updates must not write into ``state``."""
+        self.matrices = {k: tuple(t.clone() for t in v) if isinstance(v, tuple) else v.clone()
+                         for k, v in state["matrices"].items()}
 
 
 @dataclass(eq=False)  # hashed by identity: the session tracks live calls in a WeakSet

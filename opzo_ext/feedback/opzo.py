@@ -25,7 +25,7 @@ class OPZO(Feedback):
     injects_noise = True
 
     def new_matrix(self, shape, like):
-        return like.new_zeros(shape[::-1]).t()  # stored as M^T [m, n_l]: both products run row-major
+        return like.new_zeros(shape[::-1], dtype=self.dtype or like.dtype).t()  # stored as M^T [m, n_l]: both products run row-major
 
     def scale(self, call, o) -> float:
         """``(1 - lam) / B`` (``/ alpha`` with ``scale_by_alpha``), B the batch over all ranks."""

@@ -1,0 +1,88 @@
+"""``method="opzo", feedback_matrix="lowrank"``: M kept as a rank-``r`` product ``M = A B^T``.
+
+``A`` ``[n_l, k]`` and ``B`` ``[m, k]`` (``k <= r``, ``B`` with orthonormal columns) take
+``(n_l + m) k`` entries instead of ``n_l m``. Each step the momentum update is applied to the
+factors and the result cut back to rank ``r`` (a streaming truncated SVD)::
+
+    M' = lam A B^T + s z^T o~ = [lam A, s z^T] [B, o~^T]^T        (rank <= k + B_t)
+    [B, o~^T] = Q R  (QR, Q [m, q]),   G = [lam A, s z^T] R^T      so M' = G Q^T
+    G^T G = W S^2 W^T (eigh, [q, q]):  A <- G W_r,  B <- Q W_r     (the top r directions)
+
+with ``s = (1 - lam) / B`` as for the dense M. While ``q <= r`` (e.g. ``m <= r``) nothing is cut
+and the factors hold M exactly. The cost per step is ``O(n_l q^2)`` with ``q = min(m, k + B_t)``,
+below the dense update's ``O(n_l m B_t)`` when ``r + B_t < m``; the feedback is
+``g = (e @ B) @ A^T``. Updates are out of place (the factors are replaced), so a graph built at
+step ``t`` keeps the factors of step ``t``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import OpzoError
+from .opzo import OPZO
+
+Factors = tuple[torch.Tensor, torch.Tensor]  # (A [n_l, k], B [m, k]); M = A @ B.T
+
+
+class OPZOLowRank(OPZO):
+    @property
+    def rank(self) -> int:
+        return self.config.feedback_rank
+
+    def new_matrix(self, shape, like):
+        n, m = shape
+        return like.new_zeros(n, 0), like.new_zeros(m, 0)  # M = 0: rank 0
+
+    def matrix_bytes(self, shape, like):
+        n, m = shape
+        return (n + m) * min(self.rank, n, m) * like.element_size()
+
+    def feedback_matrices(self):
+        return {name: a @ b.t() for name, (a, b) in self.matrices.items()}
+
+    def matrix(self, name, shape, like):
+        factors = self.matrices.get(name)
+        if factors is None:
+            return None
+        a, b = factors
+        if (a.shape[0], b.shape[0]) != tuple(shape):
+            raise OpzoError(
+                f"The low-rank feedback factors of layer '{name}' are for a [{a.shape[0]}, {b.shape[0]}] matrix "
+                f"but the layer needs {tuple(shape)} ([neurons, outputs]): the loaded session state was made "
+                "for another model or input size.")
+        factors = self.matrices[name] = (a.to(like), b.to(like))
+        return factors
+
+    def truncate(self, factors: Factors, o_t: torch.Tensor, z_t: torch.Tensor, lam: float, scale: float) -> Factors:
+        """The rank-``r`` factors of ``lam A B^T + scale z^T o~`` (``o_t`` [B, m], ``z_t`` [B, n_l])."""
+        a, b = factors
+        q, r = torch.linalg.qr(torch.cat([b, o_t.t()], 1))  # [m, q], [q, k + B]
+        g = torch.cat([a * lam, z_t.t().to(a.dtype) * scale], 1) @ r.t()  # [n_l, q]
+        if q.shape[1] <= self.rank:
+            return g, q
+        s2, w = torch.linalg.eigh((g.t() @ g).double())  # ascending eigenvalues
+        w = w[:, -self.rank:].flip(1).to(g.dtype)
+        return g @ w, q @ w
+
+    @torch.no_grad()
+    def step(self, call, o, in_place=False):
+        lam, scale = self.config.momentum, self.scale(call, o)
+        per_layer = []
+        for name, z_l in zip(call.layers, call.z):
+            factors, history = self.matrices[name], []
+            for t in range(o.shape[0]):
+                factors = self.truncate(factors, o[t], z_l[t], lam, scale)
+                history.append(factors)
+            self.matrices[name] = factors
+            per_layer.append(history)
+        return per_layer
+
+    def signal(self, call, e):
+        out = []
+        for hist in call.ctx:
+            if len(hist) == 1:
+                a, b = hist[0]
+                out.append((e @ b) @ a.t())
+            else:
+                out.append(torch.stack([(e[t] @ b) @ a.t() for t, (a, b) in enumerate(hist)]))
+        return out
