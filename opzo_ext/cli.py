@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     session = opzo_train(  # local readouts must be in the optimizer before its state is loaded
         model, args.method, alpha=linear_alpha(preset.alpha_start, preset.alpha_end, preset.epochs),
         momentum=preset.momentum, local=preset.local_scale if args.local else False,
-        optimizer=optimizer, seed=args.seed, example_input=example)
+        optimizer=optimizer, seed=args.seed, example_input=example, feedback_matrix=args.feedback_matrix,
+        feedback_rank=args.feedback_rank)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
@@ -203,7 +204,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2022)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_feedback_options(p)
     return p
+
+
+def add_feedback_options(p: argparse.ArgumentParser) -> None:
+    """``--feedback-matrix`` / ``--feedback-rank``: how M is stored (:class:`~opzo_ext.TrainConfig`)."""
+    p.add_argument("--feedback-matrix", default="auto", choices=("auto", "dense", "channel", "bf16", "lowrank"),
+                   help="storage of the feedback matrices: dense float32, one row per conv channel, bfloat16, "
+                        "or rank --feedback-rank (default auto: dense if it fits, else channel)")
+    p.add_argument("--feedback-rank", type=int, default=64, help="rank of --feedback-matrix lowrank")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

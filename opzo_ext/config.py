@@ -84,8 +84,9 @@ class TrainConfig:
         choice("inject", self.inject, ("after", "before"))
         choice("trace", self.trace, ("trace", "spike"))
         choice("feedback_matrix", self.feedback_matrix, ("auto", "dense", "channel", "bf16", "lowrank"))
-        if self.feedback_matrix == "channel" and self.method not in ("opzo", "dfa"):
-            raise ConfigError(f"feedback_matrix='channel' is for method 'opzo' or 'dfa', not {self.method!r}.")
+        if self.feedback_matrix == "channel" and (self.method not in ("opzo", "dfa") or self.lags):
+            raise ConfigError(f"feedback_matrix='channel' is for method 'opzo' (without lags) or 'dfa', not "
+                              f"method={self.method!r}, lags={self.lags}.")
         if self.feedback_matrix in ("bf16", "lowrank") and (self.method != "opzo" or self.lags):
             raise ConfigError(f"feedback_matrix={self.feedback_matrix!r} stores OPZO's momentum matrices M; it needs "
                               f"method='opzo' without lags (got method={self.method!r}, lags={self.lags}).")

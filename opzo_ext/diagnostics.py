@@ -8,6 +8,13 @@
     act.firing_rates()   # {neuron name: spikes per neuron per step}
     act.synops()         # {synapse name: synaptic operations per sample and time step}
 
+    monitor = opzo.diagnostics.AlignmentMonitor(session, every=50, writer=SummaryWriter())
+    for x, y in loader:
+        monitor(lambda: run_batch(x, y))   # runs the batch; every 50th also measures alignment
+        optimizer.step(); optimizer.zero_grad()
+
+Results are plain dicts; :func:`log_scalars` writes any of them to TensorBoard.
+
 A synaptic operation is one accumulate triggered by one presynaptic spike at one target: a spike
 entering a Linear layer costs ``out_features`` operations; one entering a convolution costs the
 number of (output channel, position) pairs it reaches, computed exactly (borders and stride
@@ -16,7 +23,7 @@ included) as a transposed convolution of ones (table 7 of the paper counts SynOp
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,31 +60,13 @@ class Activity:
         if key not in self._fan_out:
             if isinstance(module, nn.Linear):
                 self._fan_out[key] = torch.full(shape[1:], float(module.out_features), device=device)
-            else:
-                dims = len(module.kernel_size)
-                x = torch.zeros(1, *shape[1:], device=device)
-                with torch.no_grad():
-                    out = getattr(F, f"conv{dims}d")(
-                        x, torch.zeros(module.out_channels, module.in_channels // module.groups, *module.kernel_size,
-                                       device=device),
-                        None, module.stride, module.padding, module.dilation, module.groups)
-                    ones_w = torch.ones(module.out_channels, module.in_channels // module.groups, *module.kernel_size,
-                                        device=device)
-                    fan = getattr(F, f"conv_transpose{dims}d")(
-                        torch.ones_like(out), ones_w, None, module.stride, module.padding,
-                        output_padding=_output_padding(x.shape[2:], out.shape[2:], module),
-                        groups=module.groups, dilation=module.dilation)
+            else:  # d/dx of sum(conv(x, ones)): the (output channel, position) pairs each input reaches
+                x = torch.zeros(1, *shape[1:], device=device, requires_grad=True)
+                ones = torch.ones_like(module.weight, device=device)
+                with torch.enable_grad():
+                    fan, = torch.autograd.grad(module._conv_forward(x, ones, None).sum(), x)
                 self._fan_out[key] = fan[0]
         return self._fan_out[key]
-
-
-def _output_padding(in_size, out_size, module) -> tuple:
-    """Output padding that makes the transposed convolution give back ``in_size``."""
-    pads = []
-    for i, (n_in, n_out) in enumerate(zip(in_size, out_size)):
-        k, s, p, d = (module.kernel_size[i], module.stride[i], module.padding[i], module.dilation[i])
-        pads.append(n_in - ((n_out - 1) * s - 2 * p + d * (k - 1) + 1))
-    return tuple(pads)
 
 
 @contextmanager
@@ -94,7 +83,7 @@ def activity(model: nn.Module) -> Iterator[Activity]:
                 stats.spikes[name] = stats.spikes.get(name, 0.0) + float(s.sum())
                 stats.elements[name] = stats.elements.get(name, 0) + s.numel()
             handles.append(module.register_forward_hook(count_spikes))
-        elif is_synapse(module) and (isinstance(module, nn.Linear) or isinstance(module.padding, tuple)):
+        elif is_synapse(module):
             def count_ops(m, args, out, name=name):
                 x = args[0].detach()
                 if not bool(((x == 0) | (x == 1)).all()):  # analog input (the image, a residual stream)
@@ -220,3 +209,45 @@ class GradientVariance:
     def result(self) -> dict[str, float]:
         return {n: float(self.m2[n].sum()) / (self.count * self.m2[n].numel()) for n in self.params} \
             if self.count else {}
+
+
+class AlignmentMonitor:
+    """:func:`gradient_alignment` every ``every`` batches, switched on in one line.
+
+    Call it with each batch's ``run_batch`` (forward and backward over the whole sequence) in place
+    of calling ``run_batch()`` yourself. Every ``every``-th call (the first included) measures the
+    cosine to online BP; it is appended to :attr:`history` as ``(batch, {weight: cosine})`` and, with
+    a ``writer`` (e.g. ``torch.utils.tensorboard.SummaryWriter``), logged as scalars
+    ``alignment/<weight>`` at step ``batch``. Training is the same with or without the monitor.
+    """
+
+    def __init__(self, session, every: int = 50, writer: Any = None):
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every={every!r} must be a positive number of batches.")
+        self.session, self.every, self.writer = session, every, writer
+        self.batches = 0
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def __call__(self, run_batch: Callable[[], None]) -> Optional[dict[str, float]]:
+        """Run one batch; return the cosines when this batch was measured, else None."""
+        batch, self.batches = self.batches, self.batches + 1
+        if batch % self.every:
+            run_batch()
+            return None
+        cosines = gradient_alignment(self.session, run_batch)
+        self.history.append((batch, cosines))
+        if self.writer is not None:
+            log_scalars(self.writer, {"alignment": cosines}, batch)
+        return cosines
+
+
+def log_scalars(writer: Any, values: dict, step: int, prefix: str = "") -> None:
+    """Write a (nested) dict of numbers to TensorBoard: ``{"alignment": {"fc1.weight": 0.9}}`` becomes
+    the scalar ``alignment/fc1.weight``. ``writer`` is anything with ``add_scalar(tag, value, step)``,
+    e.g. ``torch.utils.tensorboard.SummaryWriter`` (needs the ``tensorboard`` package)."""
+    for key, value in values.items():
+        tag = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            log_scalars(writer, value, step, tag)
+        else:
+            writer.add_scalar(tag, float(value), step)

@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .cli import MODELS, _reset, _step_inputs, evaluate
-from .config import METHOD_NAMES
+from .cli import MODELS, _reset, _step_inputs, add_feedback_options, evaluate
+from .config import METHOD_NAMES, TrainConfig
 from .data import get_dataset
 from .deploy import noisy
 from .errors import OpzoError
@@ -33,6 +33,9 @@ from .session import train as opzo_train
 
 def run(args: argparse.Namespace) -> dict:
     preset = PRESETS[args.preset]
+    config = TrainConfig(method=args.method, alpha=args.sigma, inject="before", antithetic=False,  # checked first
+                         momentum=preset.momentum, seed=args.seed, feedback_matrix=args.feedback_matrix,
+                         feedback_rank=args.feedback_rank)
     kwargs = dict(preset.model_kwargs)
     kwargs["dropout"] = 0.0
     model_name = args.model or preset.model
@@ -55,13 +58,12 @@ def run(args: argparse.Namespace) -> dict:
             return evaluate(model, test_loader, preset, args.device, limit)
 
     result = {"checkpoint": str(args.checkpoint), "preset": args.preset, "method": args.method,
-              "sigma": args.sigma, "epochs": args.epochs, "lr": args.lr,
+              "sigma": args.sigma, "feedback_matrix": args.feedback_matrix, "epochs": args.epochs, "lr": args.lr,
               "clean_acc": evaluate(model, test_loader, preset, args.device, limit),
               "noisy_acc_before": noisy_accuracy()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     perturbs = args.method in ("opzo", "zo")
-    session = opzo_train(model, args.method, alpha=args.sigma, inject="before", antithetic=False,
-                         momentum=preset.momentum, seed=args.seed)
+    session = opzo_train(model, config=config)
     generator = torch.Generator().manual_seed(args.seed)
     with session:
         for epoch in range(args.epochs):
@@ -103,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="append the result as a JSON line here")
+    add_feedback_options(p)
     return p
 
 

@@ -45,6 +45,20 @@ def test_conv_fan_out_counts_borders_and_stride():
     assert act.synops() == {"0": 16.0}
 
 
+@pytest.mark.parametrize("options, corner", [
+    (dict(padding="same"), 8.0),  # as padding=1: 2 channels x 4 positions
+    (dict(padding="valid"), 2.0),  # one output position: 2 channels x 1
+    (dict(padding=1, padding_mode="circular"), 18.0),  # the corner wraps around to all 9 positions
+])
+def test_conv_fan_out_follows_padding_modes(options, corner):
+    net = nn.Sequential(layer.Conv2d(1, 2, 3, **options))
+    x = torch.zeros(1, 1, 3, 3)
+    x[0, 0, 0, 0] = 1
+    with activity(net) as act, torch.no_grad():
+        net(x)
+    assert act.synops() == {"0": corner}
+
+
 def _setup(method):
     from spikingjelly.activation_based import surrogate
 
@@ -130,3 +144,61 @@ def test_gradient_variance_matches_the_papers_formula():
         stack = torch.stack([b[index] for b in grads])
         expected = ((stack - stack.mean(0)) ** 2).sum() / (5 * stack[0].numel())
         assert out[name] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_alignment_monitor_measures_every_nth_batch_and_logs_to_tensorboard(tmp_path):
+    """The monitor's history equals gradient_alignment's on the measured batches, and the values
+    written to TensorBoard are read back from the event file."""
+    tensorboard = pytest.importorskip("tensorboard")  # noqa: F841 (the test extra installs it)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from opzo_ext.diagnostics import AlignmentMonitor, gradient_alignment
+
+    net, opt, session, batches = _setup("opzo")
+    expected = []
+    for b, (x, y) in enumerate(batches):  # reference: measure batches 0 and 2 by hand
+        expected.append(gradient_alignment(session, lambda: _run(net, x, y)) if b % 2 == 0 else None)
+        if b % 2:
+            _run(net, x, y)
+        opt.step()
+        opt.zero_grad()
+    reference = {n: p.detach().clone() for n, p in net.named_parameters()}
+    session.close()
+
+    net, opt, session, batches = _setup("opzo")
+    writer = SummaryWriter(str(tmp_path))
+    monitor = AlignmentMonitor(session, every=2, writer=writer)
+    returned = []
+    for x, y in batches:
+        returned.append(monitor(lambda: _run(net, x, y)))
+        opt.step()
+        opt.zero_grad()
+    writer.close()
+    session.close()
+    assert returned[1] is None and [b for b, _ in monitor.history] == [0, 2]
+    assert [c for _, c in monitor.history] == [expected[0], expected[2]]
+    assert all(torch.equal(reference[n], p) for n, p in net.named_parameters())
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {f"alignment/{n}" for n in expected[0]}
+    logged = events.Scalars("alignment/0.weight")
+    assert [e.step for e in logged] == [0, 2]
+    assert [e.value for e in logged] == pytest.approx([expected[0]["0.weight"], expected[2]["0.weight"]], abs=1e-6)
+    with pytest.raises(ValueError, match="every=0"):
+        AlignmentMonitor(session, every=0)
+
+
+def test_log_scalars_flattens_nested_dicts():
+    from opzo_ext.diagnostics import log_scalars
+
+    class Writer:
+        def __init__(self):
+            self.seen = []
+
+        def add_scalar(self, tag, value, step):
+            self.seen.append((tag, value, step))
+
+    w = Writer()
+    log_scalars(w, {"firing_rate": {"sn1": 0.25, "sn2": torch.tensor(0.5)}, "accuracy": 97}, step=7, prefix="val")
+    assert w.seen == [("val/firing_rate/sn1", 0.25, 7), ("val/firing_rate/sn2", 0.5, 7), ("val/accuracy", 97.0, 7)]

@@ -105,12 +105,28 @@ def test_unsupported_snntorch_neurons(make, kind, reason):
         opzo.train(Wrapper(make()))  # raised by train() itself, before any forward
 
 
+def test_snntorch_deltaleaky_is_refused_although_a_leaky_subclass():
+    delta = snn.DeltaLeaky(beta=0.5)
+    try:
+        with pytest.raises(opzo.UnsupportedModelError, match=r"'rec' \(DeltaLeaky\).*not buffers"):
+            opzo.train(Wrapper(delta))
+    finally:  # snnTorch registers every neuron globally; a live DeltaLeaky breaks snntorch.utils.reset
+        snn.SpikingNeuron.instances.remove(delta)
+
+
 def test_unsupported_neuron_next_to_supported_ones():
     net = nn.Sequential(nn.Linear(4, 4), snn.Leaky(beta=0.5, init_hidden=True),
                         nn.Linear(4, 4), snn.RLeaky(beta=0.5, linear_features=4, init_hidden=True),
                         nn.Linear(4, 2))
     with pytest.raises(opzo.UnsupportedModelError, match=r"'3' \(RLeaky\)"):
         opzo.train(net, method="bp")
+
+
+def test_spikingjelly_psn_next_to_lif_is_refused():
+    """PSN is a plain nn.Module (no MemoryModule): it must be named, not treated as an operation."""
+    net = nn.Sequential(nn.Linear(4, 4), neuron.LIFNode(), nn.Linear(4, 4), neuron.PSN(T=4), nn.Linear(4, 2))
+    with pytest.raises(opzo.UnsupportedModelError, match=r"'3' \(PSN\).*whole sequence at once"):
+        opzo.train(net)
 
 
 def test_spikingjelly_otttlifnode():

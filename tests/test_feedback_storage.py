@@ -192,6 +192,7 @@ def test_sizes_for_nf_resnet34_at_224_are_checked_before_allocating():
     (dict(method="opzo", feedback_matrix="lowrank", lags=True), "without lags"),
     (dict(method="opzo", feedback_matrix="lowrank", feedback_rank=0), "feedback_rank=0 must be a positive"),
     (dict(method="opzo", feedback_matrix="half"), "'bf16', 'lowrank'"),
+    (dict(method="opzo", feedback_matrix="channel", lags=True), "without lags"),
 ])
 def test_bad_storage_options_are_refused(options, match):
     with pytest.raises(opzo.ConfigError, match=match):

@@ -13,12 +13,12 @@ def test_finetune_reports_clean_noisy_before_and_after(tmp_path, capsys):
     assert cli.main(["--preset", "mnist", "--method", "bp", "--epochs", "1", "--limit-batches", "20", "--quiet",
                      "--set", "steps=2", "--out", str(out), *TINY]) == 0
     results = tmp_path / "ft.jsonl"
-    for method in ("opzo", "dfa"):
+    for method, storage in (("opzo", ["--feedback-matrix", "lowrank", "--feedback-rank", "2"]), ("dfa", [])):
         code = finetune.main(["--checkpoint", str(out / "checkpoint.pt"), "--preset", "mnist", "--sigma", "2.0",
-                              "--method", method, "--limit-batches", "2", "--json", str(results), *TINY])
+                              "--method", method, "--limit-batches", "2", "--json", str(results), *storage, *TINY])
         assert code == 0
     lines = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["method"] for r in lines] == ["opzo", "dfa"]
+    assert [(r["method"], r["feedback_matrix"]) for r in lines] == [("opzo", "lowrank"), ("dfa", "auto")]
     for r in lines:
         assert 0 <= r["noisy_acc_before"] <= 1 and 0 <= r["noisy_acc_after"] <= 1
         assert r["clean_acc"] > 0.5  # the checkpoint was really loaded (chance is 0.1)
@@ -33,3 +33,12 @@ def test_finetune_refuses_a_checkpoint_that_does_not_fit(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "fc1.weight" in err and "missing" in err.lower()
+
+
+def test_finetune_refuses_a_storage_the_method_has_no_use_for(tmp_path, capsys):
+    path = tmp_path / "any.pt"
+    torch.save({}, path)
+    code = finetune.main(["--checkpoint", str(path), "--preset", "mnist", "--sigma", "0.1", "--method", "dfa",
+                          "--feedback-matrix", "bf16", *TINY])
+    assert code == 2
+    assert "feedback_matrix='bf16'" in capsys.readouterr().err

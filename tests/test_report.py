@@ -6,9 +6,13 @@ def test_quick_report_has_every_section(tmp_path):
     out = tmp_path / "report.md"
     assert report.main(["--quick", "--quiet", "--out", str(out)]) == 0
     text = out.read_text()
-    for title in ("Table 1", "Table 7", "Figure 2", "Figure 4", "Table 2", "Table 8", "Table 11"):
+    for title in ("Table 1", "Table 7", "Figure 2", "Figure 4", "Figure 4 on a conv net", "Table 2", "Table 8",
+                  "Table 11"):
         assert f"## {title}" in text, title
     for method in ("bp", "opzo", "dfa", "dkp", "zo"):
         assert f"| {method} | " in text
     assert "| rademacher, before |" in text and "| 0.99999 |" in text
-    assert (tmp_path / "alignment.png").stat().st_size > 1000
+    assert (tmp_path / "report_alignment.png").stat().st_size > 1000
+    assert (tmp_path / "report_alignment_conv.png").stat().st_size > 1000
+    assert "| batch | opzo conv1 | opzo conv2 | dfa conv1 | dfa conv2 |" in text  # the conv net's curve
+    assert "| batch | opzo fc1 | opzo fc2 | dfa fc1 | dfa fc2 |" in text

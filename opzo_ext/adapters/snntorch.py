@@ -21,6 +21,8 @@ WHY_NOT = {
     "RSynaptic": "its recurrent synapse is inside the neuron, so no presynaptic trace can be attached",
     "SLSTM": "its gates are synapses inside the neuron, so no presynaptic trace can be attached",
     "SConv2dLSTM": "its gates are synapses inside the neuron, so no presynaptic trace can be attached",
+    "DeltaLeaky": "its state is a (mem, mem_prev) pair kept in plain attributes, not buffers, so it could "
+                  "not be detached every step and gradients would flow through time",
 }
 
 

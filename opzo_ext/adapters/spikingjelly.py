@@ -35,7 +35,11 @@ class SpikingJellyAdapter(NeuronAdapter):
         return cls(base)
 
     def is_neuron(self, module: nn.Module) -> bool:
-        return isinstance(module, self.memory_module) and hasattr(module, "surrogate_function")
+        """A ``MemoryModule`` with a surrogate function, or a refused neuron such as ``PSN`` (a plain
+        ``nn.Module``), so that :meth:`check_supported` names it instead of passing it over."""
+        if not hasattr(module, "surrogate_function"):
+            return False
+        return isinstance(module, self.memory_module) or any(c.__name__ in WHY_NOT for c in type(module).__mro__)
 
     def check_supported(self, name: str, module: nn.Module) -> None:
         bad = [c.__name__ for c in type(module).__mro__ if c.__name__ in WHY_NOT]
