@@ -4,7 +4,9 @@ Each rank perturbs its own samples with its own noise (the noise seeds differ by
 rank must hold the same feedback matrices: the M update of a step is the sum over ranks of
 ``o~_r^T z_r`` divided by the global batch, so it is all-reduced (one ``[m, n_l]`` tensor per layer
 per step, the size of M itself, plus the batch size). DFA's fixed ``B`` comes from the session seed,
-which rank 0 broadcasts. Without an initialised process group every function here is a no-op.
+which rank 0 broadcasts. The session's own readouts (``local``, ``igl``) are not inside the model DDP
+wraps, so the session starts them from rank 0's weights and averages their gradients itself
+(:func:`share_parameters`). Without an initialised process group every function here is a no-op.
 """
 from __future__ import annotations
 
@@ -43,3 +45,19 @@ def shared_seed(seed: int) -> int:
     value = torch.tensor([seed], dtype=torch.int64, device=device)
     dist.broadcast(value, src=0)
     return int(value.item())
+
+
+def share_parameters(params) -> None:
+    """Rank 0's values for ``params`` on every rank, and their gradients averaged over ranks after
+    every backward (what DDP does for the model's own parameters)."""
+    if world()[1] == 1:
+        return
+    size = world()[1]
+
+    def average(p: torch.Tensor) -> None:
+        all_reduce_sum(p.grad).div_(size)
+
+    for p in params:
+        with torch.no_grad():
+            dist.broadcast(p.data, src=0)
+        p.register_post_accumulate_grad_hook(average)

@@ -28,7 +28,7 @@ from torch import nn
 from .adapters import NeuronAdapter, check_model, find_adapter
 from .config import TrainConfig
 from .discovery import Topology, discover
-from .distributed import shared_seed, world
+from .distributed import share_parameters, shared_seed, world
 from .errors import OpzoError
 from .feedback import Feedback, LossRecorder, Tap, TapCall, method_class
 from .noise import NoiseSource
@@ -288,6 +288,7 @@ class Session:
             self.local_readouts = nn.ModuleDict({
                 key: nn.Linear(n, m, device=like.device, dtype=like.dtype) for key, (n, m) in readouts.items()})
             self._load_local_state()
+            share_parameters(self.local_readouts.parameters())  # multi-process: not inside the user's DDP
             if self._optimizer is not None:
                 self._optimizer.add_param_group({"params": list(self.local_readouts.parameters())})
         for name, pres in topology.presynaptic.items():

@@ -31,22 +31,25 @@ def data():
     return torch.rand(STEPS, T, 2 * B, 5, generator=g) * 2, torch.randint(0, 3, (STEPS, 2 * B), generator=g)
 
 
-def train(net, model, x, y, session_kwargs, patch=None, record=None):
+def train(net, model, x, y, session_kwargs, patch=None, record=None, readouts=False):
     from spikingjelly.activation_based import functional
 
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    with opzo.train(net, method="opzo", seed=SEED, momentum=0.5, example_input=x[0, 0], **session_kwargs) as s:
+    with opzo.train(net, method="opzo", seed=SEED, momentum=0.5, example_input=x[0, 0], optimizer=opt,
+                    **session_kwargs) as s:
         if patch:
             patch(s)
         for step in range(STEPS):
             for t in range(T):
-                F.cross_entropy(model(x[step, t]), y[step]).backward()
+                loss = F.cross_entropy(model(x[step, t]), y[step])
+                (loss + s.local_loss(y[step]) if readouts else loss).backward()
             opt.step()
             opt.zero_grad()
             functional.reset_net(net)
             if record is not None:
-                record.append(({k: v.clone() for k, v in s.feedback.items()},
-                               {k: v.detach().clone() for k, v in net.state_dict().items()}))
+                weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                weights.update({f"readout.{k}": v.detach().clone() for k, v in s.local_readouts.state_dict().items()})
+                record.append(({k: v.clone() for k, v in s.feedback.items()}, weights))
 
 
 def worker(rank, init_file, out_file):
@@ -58,12 +61,15 @@ def worker(rank, init_file, out_file):
     train(net, DistributedDataParallel(net), *mine, {}, record=record)
     net, bf16 = make(), []  # M in bfloat16: the ranks must round identically
     train(net, DistributedDataParallel(net), *mine, {"feedback_matrix": "bf16"}, record=bf16)
+    torch.manual_seed(rank)  # the session's local readouts start from rank 0's weights anyway
+    net, local = make(), []
+    train(net, DistributedDataParallel(net), *mine, {"local": 0.5}, record=local, readouts=True)
     try:
         opzo.train(make(), method="opzo", feedback_matrix="lowrank", example_input=x[0, 0]).open()
         refusal = ""
     except opzo.OpzoError as exc:
         refusal = str(exc)
-    torch.save({"dense": record, "bf16": bf16, "lowrank": refusal}, f"{out_file}.{rank}")
+    torch.save({"dense": record, "bf16": bf16, "local": local, "lowrank": refusal}, f"{out_file}.{rank}")
     dist.destroy_process_group()
 
 
@@ -105,3 +111,6 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
             assert F.cosine_similarity(m0[k].float().flatten(), md[k].flatten(), dim=0) > 0.99
         assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert "does not support multi-process" in out0["lowrank"]
+    for (m0, w0), (m1, w1) in zip(out0["local"], out1["local"]):  # local readouts: shared and averaged
+        assert any(k.startswith("readout.") for k in w0)
+        assert all(torch.equal(w0[k], w1[k]) for k in w0) and all(torch.equal(m0[k], m1[k]) for k in m0)
