@@ -41,7 +41,8 @@ class TrainConfig:
             * ``"channel"``: convolutional layers share one row per channel over positions,
               ``[C, m]`` instead of ``[C*H*W, m]``; the estimate averages ``z`` over positions and
               the feedback is broadcast back, then modulated by each neuron's own surrogate
-              derivative (OPZO and DFA);
+              derivative (OPZO and DFA); it suits readouts after global average pooling, not
+              readouts of a flattened map (``docs/results/feedback_memory.md``);
             * ``"bf16"``: dense, stored in bfloat16 with stochastically rounded updates (OPZO);
             * ``"lowrank"``: ``M = A B^T`` of rank ``feedback_rank``, kept by a streaming
               truncated SVD (OPZO, single process);

@@ -62,7 +62,9 @@ class Session:
     Attributes:
         layers: names of the hidden neuron modules receiving feedback, in forward order
             (known after the first training step, or at once with ``example_input``).
-        feedback: neuron name -> feedback matrix ``[n_l, m]`` in use (M for opzo, B for dfa).
+        feedback: neuron name -> feedback matrix ``[n_l, m]`` in use (M for opzo, B for dfa);
+            with ``feedback_matrix="lowrank"`` the product ``A B^T`` is formed on each access (the
+            factors themselves are in ``session.method.matrices``).
         epoch: current epoch, read by an alpha schedule; set it at the start of each epoch.
         steps: number of time steps trained so far.
         local_readouts: the session's own readouts (``local``, ``igl``); train them with
@@ -318,7 +320,9 @@ class Session:
             if layout == "channel":
                 warnings.warn(f"Dense feedback matrices would take {dense / 1e9:.2f} GB, "
                               f"more than {limit / 1e9:.2f} GB: using one row per channel for convolutional "
-                              "layers (feedback_matrix='channel'). Pass feedback_matrix='dense' to insist.")
+                              "layers (feedback_matrix='channel'), which suits readouts after global average "
+                              "pooling; for a readout of the flattened map, feedback_matrix='lowrank' keeps "
+                              "the spatial detail. Pass feedback_matrix='dense' to insist.")
         if layout == "channel":
             for method in (self.method, self.igl_method):
                 if method is not None:
