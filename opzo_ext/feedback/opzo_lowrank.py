@@ -57,7 +57,8 @@ class OPZOLowRank(OPZO):
         """The rank-``r`` factors of ``lam A B^T + scale z^T o~`` (``o_t`` [B, m], ``z_t`` [B, n_l])."""
         a, b = factors
         q, r = torch.linalg.qr(torch.cat([b, o_t.t()], 1))  # [m, q], [q, k + B]
-        g = torch.cat([a * lam, z_t.t().to(a.dtype) * scale], 1) @ r.t()  # [n_l, q]
+        k = a.shape[1]  # G = lam A R[:, :k]^T + scale z^T R[:, k:]^T, without concatenating [n_l, k + B]
+        g = torch.mm(a, r[:, :k].t()).mul_(lam).addmm_(z_t.t().to(a.dtype), r[:, k:].t(), alpha=scale)
         if q.shape[1] <= self.rank:
             return g, q
         s2, w = torch.linalg.eigh((g.t() @ g).double())  # ascending eigenvalues
