@@ -35,6 +35,22 @@ def test_resume_continues_bit_exactly(tmp_path, method, local):
             torch.equal(v, end2["session"]["local"][k]) for k, v in end["session"]["local"].items())
 
 
+@pytest.mark.parametrize("storage", [["--feedback-matrix", "bf16"], ["--feedback-matrix", "lowrank", "--feedback-rank", "3"]])
+def test_feedback_storage_from_the_command_line_resumes_bit_exactly(tmp_path, storage):
+    flags = ["--method", "opzo", "--epochs", "2", *storage]
+    _, end = run(tmp_path, "straight", *flags)
+    run(tmp_path, "resumed", *flags, "--stop-after", "1")
+    _, end2 = run(tmp_path, "resumed", *flags, "--resume")
+    for key, value in end["session"]["feedback"]["matrices"].items():
+        parts, parts2 = (v if isinstance(v, tuple) else (v,) for v in (value, end2["session"]["feedback"]["matrices"][key]))
+        assert all(torch.equal(a, b) for a, b in zip(parts, parts2, strict=True)), key
+        if storage[1] == "bf16":
+            assert value.dtype == torch.bfloat16
+        else:  # factors A [n, k], B [m, k] with k <= 3
+            assert len(value) == 2 and value[0].shape[1] == 3 and value[1].shape == (10, 3)
+    assert all(torch.equal(v, end2["model"][k]) for k, v in end["model"].items())
+
+
 def test_errors_are_clean(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--preset", "nope", "--method", "opzo"])
