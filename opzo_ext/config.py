@@ -45,7 +45,7 @@ class TrainConfig:
               readouts of a flattened map (``docs/results/feedback_memory.md``);
             * ``"bf16"``: dense, stored in bfloat16 with stochastically rounded updates (OPZO);
             * ``"lowrank"``: ``M = A B^T`` of rank ``feedback_rank``, kept by a streaming
-              truncated SVD (OPZO, single process);
+              truncated SVD (OPZO);
             * ``"auto"`` (default): dense when it fits under ``max_feedback_gb``, else channel,
               with a warning.
         feedback_rank: the rank of ``feedback_matrix="lowrank"`` (exact while ``m <= rank``).

@@ -3,7 +3,8 @@
 Each rank perturbs its own samples with its own noise (the noise seeds differ by rank), and every
 rank must hold the same feedback matrices: the M update of a step is the sum over ranks of
 ``o~_r^T z_r`` divided by the global batch, so it is all-reduced (one ``[m, n_l]`` tensor per layer
-per step, the size of M itself, plus the batch size). DFA's fixed ``B`` comes from the session seed,
+per step, the size of M itself, plus the batch size). A low-rank M is truncated from the global
+batch, so its update all-gathers ``o~`` and ``z`` instead (``B_r x (m + n_l)`` per rank). DFA's fixed ``B`` comes from the session seed,
 which rank 0 broadcasts. The session's own readouts (``local``, ``igl``) are not inside the model DDP
 wraps, so the session starts them from rank 0's weights and averages their gradients itself
 (:func:`share_parameters`). Without an initialised process group every function here is a no-op.
@@ -34,6 +35,22 @@ def global_batch(batch: int, device: torch.device) -> int:
         return batch
     count = torch.tensor([batch], dtype=torch.float64, device=device)
     return int(all_reduce_sum(count).item())
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """``[B_r, ...]`` of every rank concatenated along dim 0, in rank order (``B_r`` may differ)."""
+    if world()[1] == 1:
+        return tensor
+    size = world()[1]
+    count = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    rows = [int(c) for c in counts]
+    padded = tensor.new_zeros(max(rows), *tensor.shape[1:])
+    padded[:tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, rows)])
 
 
 def shared_seed(seed: int) -> int:

@@ -328,9 +328,6 @@ class Session:
                 if method is not None:
                     method.share_rows(groups)
             shapes = {n: ((groups[n][0], m) if n in groups else (rows, m)) for n, (rows, m) in shapes.items()}
-        if layout == "lowrank" and world()[1] > 1:
-            raise OpzoError("feedback_matrix='lowrank' does not support multi-process training yet; use "
-                            "'dense', 'bf16' or 'channel' (their M updates are all-reduced).")
         check_feedback_size(shapes, self.method, like, limit)
         before = self._igl_layers()
         self.method.init_matrices({n: s for n, s in shapes.items() if n not in before}, like)

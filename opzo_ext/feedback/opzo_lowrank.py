@@ -12,12 +12,14 @@ with ``s = (1 - lam) / B`` as for the dense M. While ``q <= r`` (e.g. ``m <= r``
 and the factors hold M exactly. The cost per step is ``O(n_l q^2)`` with ``q = min(m, k + B_t)``,
 below the dense update's ``O(n_l m B_t)`` when ``r + B_t < m``; the feedback is
 ``g = (e @ B) @ A^T``. Updates are out of place (the factors are replaced), so a graph built at
-step ``t`` keeps the factors of step ``t``.
+step ``t`` keeps the factors of step ``t``. With several processes every rank truncates the same
+global batch (``o~`` and ``z`` are all-gathered), so all ranks hold identical factors.
 """
 from __future__ import annotations
 
 import torch
 
+from ..distributed import all_gather_rows
 from ..errors import OpzoError
 from .opzo import OPZO
 
@@ -69,10 +71,11 @@ class OPZOLowRank(OPZO):
     def step(self, call, o, in_place=False):
         lam, scale = self.config.momentum, self.scale(call, o)
         per_layer = []
+        o = [all_gather_rows(o_t) for o_t in o]  # multi-process: every rank truncates the global batch
         for name, z_l in zip(call.layers, call.z):
             factors, history = self.matrices[name], []
-            for t in range(o.shape[0]):
-                factors = self.truncate(factors, o[t], z_l[t], lam, scale)
+            for t in range(len(o)):
+                factors = self.truncate(factors, o[t], all_gather_rows(z_l[t]), lam, scale)
                 history.append(factors)
             self.matrices[name] = factors
             per_layer.append(history)
