@@ -14,13 +14,13 @@ T, B, STEPS, SEED = 3, 4, 3, 11
 LOWRANK = {"feedback_matrix": "lowrank", "feedback_rank": 2}
 
 
-def make():
+def make(hidden=16, classes=3):
     from spikingjelly.activation_based import layer, neuron, surrogate
 
     torch.manual_seed(0)
-    net = nn.Sequential(layer.Linear(5, 16), neuron.LIFNode(surrogate_function=surrogate.Sigmoid(alpha=4.0)),
-                        layer.Linear(16, 12), neuron.LIFNode(surrogate_function=surrogate.Sigmoid(alpha=4.0)),
-                        layer.Linear(12, 3))
+    net = nn.Sequential(layer.Linear(5, hidden), neuron.LIFNode(surrogate_function=surrogate.Sigmoid(alpha=4.0)),
+                        layer.Linear(hidden, 12), neuron.LIFNode(surrogate_function=surrogate.Sigmoid(alpha=4.0)),
+                        layer.Linear(12, classes))
     with torch.no_grad():
         net[0].weight.mul_(3)
         net[2].weight.mul_(3)
@@ -69,7 +69,12 @@ def worker(rank, init_file, out_file):
     train(net, DistributedDataParallel(net), *mine, {"local": 0.5}, record=local, readouts=True)
     net, lowrank = make(), []  # rank 2 < m = 3: each rank truncates the global batch
     train(net, DistributedDataParallel(net), *mine, LOWRANK, record=lowrank, factors=True)
-    torch.save({"dense": record, "bf16": bf16, "local": local, "lowrank": lowrank}, f"{out_file}.{rank}")
+    # 64 and 12 neurons, 10 outputs, global batch 8: gathering the factors o~, z costs 8 x (10 + rows)
+    # numbers, less than all-reducing the 10 x rows product (twice its size), so the ranks gather
+    net, gathered = make(hidden=64, classes=10), []
+    train(net, DistributedDataParallel(net), *mine, {}, record=gathered)
+    torch.save({"dense": record, "bf16": bf16, "local": local, "lowrank": lowrank, "gathered": gathered},
+               f"{out_file}.{rank}")
     dist.destroy_process_group()
 
 
@@ -124,3 +129,27 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
     for (m0, w0), (m1, w1) in zip(out0["local"], out1["local"]):  # local readouts: shared and averaged
         assert any(k.startswith("readout.") for k in w0)
         assert all(torch.equal(w0[k], w1[k]) for k in w0) and all(torch.equal(m0[k], m1[k]) for k in m0)
+    net, single = make(hidden=64, classes=10), []  # dense M from all-gathered factors: as one process
+    train(net, net, x, y, {}, patch=patch, record=single)
+    for step in range(STEPS):
+        (m0, w0), (m1, w1), (ms, ws) = out0["gathered"][step], out1["gathered"][step], single[step]
+        assert m0["1"].shape == (64, 10)
+        for k in m0:
+            assert torch.equal(m0[k], m1[k]), (step, k)
+            torch.testing.assert_close(m0[k], ms[k], rtol=1e-5, atol=1e-7)
+        for k in w0:
+            assert torch.equal(w0[k], w1[k]), (step, k)
+            torch.testing.assert_close(w0[k], ws[k], rtol=1e-4, atol=1e-6)
+
+
+def test_the_cheaper_exchange_is_chosen(monkeypatch):
+    """All-gather the factors when B (m + rows) < 2 m rows, else all-reduce the product."""
+    from opzo_ext.feedback import opzo as opzo_module
+
+    monkeypatch.setattr(opzo_module, "world", lambda: (0, 2))
+    monkeypatch.setattr(opzo_module, "all_gather_rows", lambda t: torch.cat([t, t]))
+    o, z = torch.ones(4, 10), torch.ones(4, 64)
+    o_all, z_all, reduce = opzo_module.OPZO.exchange(o, z, batch=8)  # 8 x 74 < 2 x 640
+    assert not reduce and o_all.shape == (8, 10) and z_all.shape == (8, 64)
+    o_own, z_own, reduce = opzo_module.OPZO.exchange(o, z[:, :3], batch=8)  # 8 x 13 > 2 x 30
+    assert reduce and o_own is o

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import all_reduce_sum, global_batch, world
+from ..distributed import all_gather_rows, all_reduce_sum, global_batch, world
 from .base import Feedback, matrix_signal
 
 
@@ -27,15 +27,27 @@ class OPZO(Feedback):
     def new_matrix(self, shape, like):
         return like.new_zeros(shape[::-1], dtype=self.dtype or like.dtype).t()  # stored as M^T [m, n_l]: both products run row-major
 
-    def scale(self, call, o) -> float:
+    def scale(self, call, batch: int) -> float:
         """``(1 - lam) / B`` (``/ alpha`` with ``scale_by_alpha``), B the batch over all ranks."""
-        batch = global_batch(o.shape[1], o.device)
         return (1.0 - self.config.momentum) / batch / (call.alpha if self.config.scale_by_alpha else 1.0)
 
     @staticmethod
-    def update(mt, o_t, z_t, lam: float, scale: float, in_place: bool):
-        """``M^T <- lam M^T + scale * o~^T z``, summed over ranks when distributed."""
-        if world()[1] > 1:
+    def exchange(o_t: torch.Tensor, z_t: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The factors of this step's M update ``o~^T z`` (``[B_r, m]``, ``[B_r, rows]``) and whether
+        the product must still be summed over ranks. Several processes either all-reduce the
+        ``[m, rows]`` product (``True``) or, when the global batch's factors are smaller
+        (``B (m + rows) < 2 m rows``, a ring all-reduce sending about twice its size), all-gather
+        the factors and multiply them on every rank (``False``)."""
+        if world()[1] == 1:
+            return o_t, z_t, False
+        if batch * (o_t.shape[1] + z_t.shape[1]) < 2 * o_t.shape[1] * z_t.shape[1]:
+            return all_gather_rows(o_t), all_gather_rows(z_t), False
+        return o_t, z_t, True
+
+    @staticmethod
+    def update(mt, o_t, z_t, lam: float, scale: float, in_place: bool, reduce: bool = False):
+        """``M^T <- lam M^T + scale * o~^T z``; the product summed over ranks when ``reduce``."""
+        if reduce:
             term = all_reduce_sum(o_t.t() @ z_t)
             return mt.mul_(lam).add_(term, alpha=scale) if in_place else torch.add(mt * lam, term, alpha=scale)
         if in_place:
@@ -44,13 +56,15 @@ class OPZO(Feedback):
 
     @torch.no_grad()
     def step(self, call, o, in_place=False):
-        lam, scale = self.config.momentum, self.scale(call, o)
+        batch = global_batch(o.shape[1], o.device)
+        lam, scale = self.config.momentum, self.scale(call, batch)
         per_layer = []
         for name, z_l in zip(call.layers, call.z):
             mt, history = self.matrices[name].t(), []
             z_rows = self.rows(name, z_l)
             for t in range(o.shape[0]):
-                mt = self.update(mt, o[t], z_rows[t], lam, scale, in_place and o.shape[0] == 1)
+                o_t, z_t, reduce = self.exchange(o[t], z_rows[t], batch)
+                mt = self.update(mt, o_t, z_t, lam, scale, in_place and o.shape[0] == 1, reduce)
                 history.append(mt.t())
             self.matrices[name] = history[-1]
             per_layer.append(history)

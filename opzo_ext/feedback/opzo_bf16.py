@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import all_reduce_sum, world
+from ..distributed import all_reduce_sum
 from .opzo import OPZO
 
 BLOCK = 1 << 24  # float32 entries per update block (64 MB)
@@ -36,13 +36,13 @@ def round_stochastic(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 class OPZOBf16(OPZO):
     dtype = torch.bfloat16
 
-    def update(self, mt, o_t, z_t, lam, scale, in_place):
+    def update(self, mt, o_t, z_t, lam, scale, in_place, reduce=False):
         out = mt if in_place else torch.empty_like(mt)
         rows = max(1, BLOCK // max(1, mt.shape[1]))
         generator = self.generator_for(mt.device)
         for i in range(0, mt.shape[0], rows):  # blocks of output rows, not a loop over neurons
             term = o_t[:, i:i + rows].t() @ z_t.float()
-            if world()[1] > 1:
+            if reduce:
                 all_reduce_sum(term)
             block = term.mul_(scale).add_(mt[i:i + rows].float(), alpha=lam)
             out[i:i + rows] = round_stochastic(block, generator)

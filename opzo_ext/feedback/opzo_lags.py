@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributed import global_batch
 from .base import matrix_signal
 from .opzo import OPZO
 
@@ -26,13 +27,15 @@ def lag_key(name: str, k: int) -> str:
 class LaggedOPZO(OPZO):
     @torch.no_grad()
     def step(self, call, o, in_place=False):
-        lam, scale = self.config.momentum, self.scale(call, o)
+        batch = global_batch(o.shape[1], o.device)
+        lam, scale = self.config.momentum, self.scale(call, batch)
         per_entry = []
         for (name, k), z in zip(call.layers, call.z):
             key = lag_key(name, k)
             if key not in self.matrices:  # a longer sequence than seen so far: a new lag
                 self.matrices[key] = torch.zeros_like(self.matrices[name])
-            mt = self.update(self.matrices[key].t(), o[0], z[0], lam, scale, in_place=False)
+            o_t, z_t, reduce = self.exchange(o[0], z[0], batch)
+            mt = self.update(self.matrices[key].t(), o_t, z_t, lam, scale, in_place=False, reduce=reduce)
             self.matrices[key] = mt.t()
             per_entry.append([mt.t()])
         return per_entry

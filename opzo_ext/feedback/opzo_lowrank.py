@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import all_gather_rows
+from ..distributed import all_gather_rows, global_batch
 from ..errors import OpzoError
 from .opzo import OPZO
 
@@ -69,7 +69,7 @@ class OPZOLowRank(OPZO):
 
     @torch.no_grad()
     def step(self, call, o, in_place=False):
-        lam, scale = self.config.momentum, self.scale(call, o)
+        lam, scale = self.config.momentum, self.scale(call, global_batch(o.shape[1], o.device))
         per_layer = []
         o = [all_gather_rows(o_t) for o_t in o]  # multi-process: every rank truncates the global batch
         for name, z_l in zip(call.layers, call.z):
