@@ -2,9 +2,10 @@
 
 Each rank perturbs its own samples with its own noise (the noise seeds differ by rank), and every
 rank must hold the same feedback matrices: the M update of a step is the sum over ranks of
-``o~_r^T z_r`` divided by the global batch, so it is all-reduced (one ``[m, n_l]`` tensor per layer
-per step, the size of M itself, plus the batch size). A low-rank M is truncated from the global
-batch, so its update all-gathers ``o~`` and ``z`` instead (``B_r x (m + n_l)`` per rank). DFA's fixed ``B`` comes from the session seed,
+``o~_r^T z_r`` divided by the global batch. Either that ``[m, rows]`` product is all-reduced, or,
+when the global batch's factors are smaller (``B (m + rows) < 2 m rows``), ``o~`` and ``z`` are
+all-gathered and every rank forms the product itself (``OPZO.exchange``). A low-rank M is always
+truncated from the all-gathered global batch. DFA's fixed ``B`` comes from the session seed,
 which rank 0 broadcasts. The session's own readouts (``local``, ``igl``) are not inside the model DDP
 wraps, so the session starts them from rank 0's weights and averages their gradients itself
 (:func:`share_parameters`). Without an initialised process group every function here is a no-op.
