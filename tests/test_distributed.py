@@ -88,26 +88,34 @@ class TwoRankNoise:
         return torch.cat([src.draw(like[r * B:(r + 1) * B], steps, fresh) for r, src in enumerate(self.ranks)])
 
 
+def assert_ranks_equal_one_process(rank0, rank1, single, m_rtol=1e-5, m_atol=1e-7):
+    """Per step: M (or its factors) and weights bit-identical on both ranks, and close to one process."""
+    for step in range(STEPS):
+        (m0, w0), (m1, w1), (ms, ws) = rank0[step], rank1[step], single[step]
+        for k in m0:
+            assert torch.equal(m0[k], m1[k]), (step, k)
+            torch.testing.assert_close(m0[k], ms[k], rtol=m_rtol, atol=m_atol)
+        for k in w0:
+            assert torch.equal(w0[k], w1[k]), (step, k)
+            torch.testing.assert_close(w0[k], ws[k], rtol=1e-4, atol=1e-6)
+
+
 def test_two_processes_match_each_other_and_one_process(tmp_path):
     mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path / "rec")), nprocs=2, join=True)
     out0, out1 = (torch.load(tmp_path / f"rec.{r}", weights_only=True) for r in (0, 1))
-    rank0, rank1 = out0["dense"], out1["dense"]
+    rank0 = out0["dense"]
 
     def patch(session):
         for rec in session._neurons.values():
             rec.noise = TwoRankNoise(rec.noise)
 
+    def one_process(options, **net_options):
+        net, record = make(**net_options), []
+        train(net, net, x, y, options, patch=patch, record=record, factors="feedback_rank" in options)
+        return record
+
     x, y = data()
-    net, single = make(), []
-    train(net, net, x, y, {}, patch=patch, record=single)
-    for step in range(STEPS):
-        (m0, w0), (m1, w1), (ms, ws) = rank0[step], rank1[step], single[step]
-        for k in m0:
-            assert torch.equal(m0[k], m1[k]), (step, k)  # identical on both ranks
-            torch.testing.assert_close(m0[k], ms[k], rtol=1e-5, atol=1e-7)
-        for k in w0:
-            assert torch.equal(w0[k], w1[k]), (step, k)
-            torch.testing.assert_close(w0[k], ws[k], rtol=1e-4, atol=1e-6)
+    assert_ranks_equal_one_process(rank0, out1["dense"], one_process({}))
     assert all(v.abs().sum() > 0 for v in rank0[-1][0].values())
     for step in range(STEPS):  # bf16 M: identical on both ranks, close to the float32 M
         (m0, w0), (m1, w1), (md, _) = out0["bf16"][step], out1["bf16"][step], rank0[step]
@@ -115,31 +123,15 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
             assert m0[k].dtype == torch.bfloat16 and torch.equal(m0[k], m1[k]), (step, k)
             assert F.cosine_similarity(m0[k].float().flatten(), md[k].flatten(), dim=0) > 0.99
         assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    net, single = make(), []  # low rank: the same factors on both ranks as in one process
-    train(net, net, x, y, LOWRANK, patch=patch, record=single, factors=True)
-    for step in range(STEPS):
-        (m0, w0), (m1, w1), (ms, ws) = out0["lowrank"][step], out1["lowrank"][step], single[step]
-        assert set(m0) == {"1.0", "1.1", "3.0", "3.1"} and m0["1.0"].shape == (16, 2)
-        for k in m0:
-            assert torch.equal(m0[k], m1[k]), (step, k)
-            torch.testing.assert_close(m0[k], ms[k], rtol=1e-4, atol=1e-6)
-        for k in w0:
-            assert torch.equal(w0[k], w1[k]), (step, k)
-            torch.testing.assert_close(w0[k], ws[k], rtol=1e-4, atol=1e-6)
+    # low rank: the same factors on both ranks as in one process
+    assert set(out0["lowrank"][0][0]) == {"1.0", "1.1", "3.0", "3.1"} and out0["lowrank"][0][0]["1.0"].shape == (16, 2)
+    assert_ranks_equal_one_process(out0["lowrank"], out1["lowrank"], one_process(LOWRANK), 1e-4, 1e-6)
     for (m0, w0), (m1, w1) in zip(out0["local"], out1["local"]):  # local readouts: shared and averaged
         assert any(k.startswith("readout.") for k in w0)
         assert all(torch.equal(w0[k], w1[k]) for k in w0) and all(torch.equal(m0[k], m1[k]) for k in m0)
-    net, single = make(hidden=64, classes=10), []  # dense M from all-gathered factors: as one process
-    train(net, net, x, y, {}, patch=patch, record=single)
-    for step in range(STEPS):
-        (m0, w0), (m1, w1), (ms, ws) = out0["gathered"][step], out1["gathered"][step], single[step]
-        assert m0["1"].shape == (64, 10)
-        for k in m0:
-            assert torch.equal(m0[k], m1[k]), (step, k)
-            torch.testing.assert_close(m0[k], ms[k], rtol=1e-5, atol=1e-7)
-        for k in w0:
-            assert torch.equal(w0[k], w1[k]), (step, k)
-            torch.testing.assert_close(w0[k], ws[k], rtol=1e-4, atol=1e-6)
+    # dense M from all-gathered factors
+    assert out0["gathered"][0][0]["1"].shape == (64, 10)
+    assert_ranks_equal_one_process(out0["gathered"], out1["gathered"], one_process({}, hidden=64, classes=10))
 
 
 def test_the_cheaper_exchange_is_chosen(monkeypatch):
