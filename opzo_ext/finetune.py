@@ -1,6 +1,11 @@
 """``opzo-finetune``: fine-tune a trained SNN under hardware noise (table 4 of the paper).
 
     opzo-finetune --checkpoint runs/mnist-bp/checkpoint.pt --preset mnist --sigma 0.3 --method opzo
+    opzo-finetune --checkpoint ottt_nfresnet34.pth --preset imagenet --sigma 0.1 --method opzo --epochs 5
+
+The second line is table 4 itself: OTTT's pre-trained NF-ResNet-34 on ImageNet (``--data-root``
+holding ``imagenet/train`` and ``imagenet/val``, see :mod:`opzo_ext.data.imagenet`), batch 64,
+AdamW 2e-6 (ZO 2e-7) without weight decay.
 
 Prints clean accuracy, accuracy under noise before fine-tuning and after it. The noise is
 ``sigma * N(0, 1)`` on the input current of every spiking neuron (:func:`opzo_ext.noisy`). For
@@ -36,6 +41,8 @@ def run(args: argparse.Namespace) -> dict:
     config = TrainConfig(method=args.method, alpha=args.sigma, inject="before", antithetic=False,  # checked first
                          momentum=preset.momentum, seed=args.seed, feedback_matrix=args.feedback_matrix,
                          feedback_rank=args.feedback_rank)
+    if args.lr is None:
+        args.lr = preset.finetune_zo_lr if args.method == "zo" else preset.finetune_lr
     kwargs = dict(preset.model_kwargs)
     kwargs["dropout"] = 0.0
     model_name = args.model or preset.model
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
               "sigma": args.sigma, "feedback_matrix": args.feedback_matrix, "epochs": args.epochs, "lr": args.lr,
               "clean_acc": evaluate(model, test_loader, preset, args.device, limit),
               "noisy_acc_before": noisy_accuracy()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)  # args.lr: set in run()
     perturbs = args.method in ("opzo", "zo")
     session = opzo_train(model, config=config)
     generator = torch.Generator().manual_seed(args.seed)
@@ -96,7 +103,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, required=True, help="noise scale on every neuron's input")
     p.add_argument("--method", required=True, choices=METHOD_NAMES)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate (default: the preset's; imagenet: 2e-6, ZO 2e-7 as in the paper)")
     p.add_argument("--limit-batches", type=int, default=None)
     p.add_argument("--limit-test-batches", type=int, default=None)
     p.add_argument("--train-samples", type=int, default=None)

@@ -27,6 +27,7 @@ DATASET_INFO: Dict[str, Dict[str, Any]] = {
     "simulated_nmnist": dict(shape=(30, 2, 34, 34), num_classes=10, T=30, batch_size=128, kind="events"),
     "dvs_gesture": dict(shape=(20, 2, 48, 48), num_classes=11, T=20, batch_size=16, kind="events"),
     "cifar10_dvs": dict(shape=(10, 2, 48, 48), num_classes=10, T=10, batch_size=128, kind="events"),
+    "imagenet": dict(shape=(3, 224, 224), num_classes=1000, T=6, batch_size=64, kind="static"),
 }
 
 _ALIASES = {
@@ -35,6 +36,7 @@ _ALIASES = {
     "n_mnist": "nmnist", "dvsgesture": "dvs_gesture", "dvs128_gesture": "dvs_gesture",
     "cifar10dvs": "cifar10_dvs", "dvs_cifar10": "cifar10_dvs",
     "simulatednmnist": "simulated_nmnist", "sim_nmnist": "simulated_nmnist",
+    "imagenet1k": "imagenet", "ilsvrc2012": "imagenet",
 }
 
 
@@ -81,6 +83,10 @@ def get_dataset(name: str, root: PathLike, train: bool = True, download: Optiona
         from .neuromorphic import load_dvs_gesture
 
         return load_dvs_gesture(root, train=train, **kwargs)
+    if key == "imagenet":
+        from .imagenet import load_imagenet
+        kwargs.pop("download", None)  # ImageNet is never downloaded
+        return load_imagenet(root, train=train, **kwargs)
     if key == "cifar10_dvs":
         from .neuromorphic import load_cifar10_dvs
 
