@@ -10,7 +10,8 @@ the lower neighbour), which keeps ``E[M]`` on the float32 recursion::
 The update runs over blocks of rows of ``M^T`` ``[m, n_l]`` (at most ``BLOCK`` float32 entries
 at a time), so the float32 copy never holds the whole matrix. The rounding bits come from the
 session's generator (seeded alike on every rank), so all ranks round identically.
-The feedback ``e @ M`` runs in bfloat16 with float32 accumulation.
+The feedback ``e @ M`` is a bfloat16 matrix product (float32 accumulation inside the product,
+the result rounded to bfloat16).
 """
 from __future__ import annotations
 

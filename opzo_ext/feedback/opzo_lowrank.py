@@ -10,7 +10,7 @@ factors and the result cut back to rank ``r`` (a streaming truncated SVD)::
 
 with ``s = (1 - lam) / B`` as for the dense M. While ``q <= r`` (e.g. ``m <= r``) nothing is cut
 and the factors hold M exactly. The cost per step is ``O(n_l q^2)`` with ``q = min(m, k + B_t)``,
-below the dense update's ``O(n_l m B_t)`` when ``r + B_t < m``; the feedback is
+below the dense update's ``O(n_l m B_t)`` when ``(r + B_t)^2 < m B_t``; the feedback is
 ``g = (e @ B) @ A^T``. Updates are out of place (the factors are replaced), so a graph built at
 step ``t`` keeps the factors of step ``t``. With several processes every rank truncates the same
 global batch (``o~`` and ``z`` are all-gathered), so all ranks hold identical factors.
