@@ -546,7 +546,7 @@ def check_feedback_size(shapes: dict[str, tuple[int, int]], method: Feedback, li
     """Refuse feedback matrices larger than ``limit`` bytes, naming the largest layers."""
     size = feedback_bytes(shapes, method, like)
     if size > limit:
-        entry = method.dtype.itemsize if method.dtype else like.element_size()
+        entry = method.entry_size(like)
         largest = sorted(shapes.items(), key=lambda kv: -kv[1][0] * kv[1][1])[:3]
         detail = ", ".join(f"'{n}' {a} x {b}" for n, (a, b) in largest)
         raise OpzoError(

@@ -40,9 +40,13 @@ class Feedback:
         """The initial feedback matrix ``[n_l, m]`` of a layer (None: the method has none)."""
         return None
 
+    def entry_size(self, like: torch.Tensor) -> int:
+        """Bytes of one stored entry (``dtype``'s, else those of the model's ``like``)."""
+        return self.dtype.itemsize if self.dtype else like.element_size()
+
     def matrix_bytes(self, shape: tuple[int, int], like: torch.Tensor) -> int:
         """Bytes of the feedback matrix of a layer of shape ``[n_l, m]``, before allocating it."""
-        return shape[0] * shape[1] * (self.dtype.itemsize if self.dtype else like.element_size())
+        return shape[0] * shape[1] * self.entry_size(like)
 
     def feedback_matrices(self) -> dict[str, torch.Tensor]:
         """Neuron name -> feedback matrix ``[n_l, m]`` as used by :meth:`signal`."""

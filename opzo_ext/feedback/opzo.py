@@ -32,17 +32,22 @@ class OPZO(Feedback):
         return (1.0 - self.config.momentum) / batch / (call.alpha if self.config.scale_by_alpha else 1.0)
 
     @staticmethod
-    def exchange(o_t: torch.Tensor, z_t: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """The factors of this step's M update ``o~^T z`` (``[B_r, m]``, ``[B_r, rows]``) and whether
-        the product must still be summed over ranks. Several processes either all-reduce the
-        ``[m, rows]`` product (``True``) or, when the global batch's factors are smaller
-        (``B (m + rows) < 2 m rows``, a ring all-reduce sending about twice its size), all-gather
-        the factors and multiply them on every rank (``False``)."""
+    def exchange(o: torch.Tensor, t: int, z_t: torch.Tensor, batch: int,
+                 gathered: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The factors of step ``t``'s M update ``o~^T z`` (``o[t]`` ``[B_r, m]``, ``z_t``
+        ``[B_r, rows]``) and whether the product must still be summed over ranks. Several processes
+        either all-reduce the ``[m, rows]`` product (``True``) or, when the global batch's factors
+        are smaller (``B (m + rows) < 2 m rows``, a ring all-reduce sending about twice its size),
+        all-gather the factors and multiply them on every rank (``False``). ``gathered`` keeps each
+        step's all-gathered ``o~`` for the call's other layers."""
         if world()[1] == 1:
-            return o_t, z_t, False
-        if batch * (o_t.shape[1] + z_t.shape[1]) < 2 * o_t.shape[1] * z_t.shape[1]:
-            return all_gather_rows(o_t), all_gather_rows(z_t), False
-        return o_t, z_t, True
+            return o[t], z_t, False
+        m, rows = o.shape[-1], z_t.shape[1]
+        if batch * (m + rows) < 2 * m * rows:
+            if t not in gathered:
+                gathered[t] = all_gather_rows(o[t])
+            return gathered[t], all_gather_rows(z_t), False
+        return o[t], z_t, True
 
     @staticmethod
     def update(mt, o_t, z_t, lam: float, scale: float, in_place: bool, reduce: bool = False):
@@ -58,12 +63,12 @@ class OPZO(Feedback):
     def step(self, call, o, in_place=False):
         batch = global_batch(o.shape[1], o.device)
         lam, scale = self.config.momentum, self.scale(call, batch)
-        per_layer = []
+        per_layer, gathered = [], {}
         for name, z_l in zip(call.layers, call.z):
             mt, history = self.matrices[name].t(), []
             z_rows = self.rows(name, z_l)
             for t in range(o.shape[0]):
-                o_t, z_t, reduce = self.exchange(o[t], z_rows[t], batch)
+                o_t, z_t, reduce = self.exchange(o, t, z_rows[t], batch, gathered)
                 mt = self.update(mt, o_t, z_t, lam, scale, in_place and o.shape[0] == 1, reduce)
                 history.append(mt.t())
             self.matrices[name] = history[-1]

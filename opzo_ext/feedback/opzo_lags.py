@@ -29,12 +29,12 @@ class LaggedOPZO(OPZO):
     def step(self, call, o, in_place=False):
         batch = global_batch(o.shape[1], o.device)
         lam, scale = self.config.momentum, self.scale(call, batch)
-        per_entry = []
+        per_entry, gathered = [], {}
         for (name, k), z in zip(call.layers, call.z):
             key = lag_key(name, k)
             if key not in self.matrices:  # a longer sequence than seen so far: a new lag
                 self.matrices[key] = torch.zeros_like(self.matrices[name])
-            o_t, z_t, reduce = self.exchange(o[0], z[0], batch)
+            o_t, z_t, reduce = self.exchange(o, 0, z[0], batch, gathered)
             mt = self.update(self.matrices[key].t(), o_t, z_t, lam, scale, in_place=False, reduce=reduce)
             self.matrices[key] = mt.t()
             per_entry.append([mt.t()])

@@ -37,7 +37,7 @@ class OPZOLowRank(OPZO):
 
     def matrix_bytes(self, shape, like):
         n, m = shape
-        return (n + m) * min(self.rank, n, m) * like.element_size()
+        return (n + m) * min(self.rank, n, m) * self.entry_size(like)
 
     def feedback_matrices(self):
         return {name: a @ b.t() for name, (a, b) in self.matrices.items()}
