@@ -24,11 +24,11 @@ import opzo_ext as opzo
 from opzo_ext.data import get_dataset
 from opzo_ext.diagnostics import AlignmentMonitor
 from opzo_ext.losses import instantaneous_loss
-from opzo_ext.models import conv5, fc_2x800, spiking_convnet
+from opzo_ext.models import conv5, fc_2x800, small_conv
 
 MODELS = {
     "fc": ("FC 784-800-800-10", lambda: fc_2x800(dropout=0.0)),
-    "small_conv": ("16C3-AP2-32C3-AP2-FC", lambda: spiking_convnet((16, "A", 32, "A"), 1, 10, 0.0, 28, None)),
+    "small_conv": ("16C3-AP2-32C3-AP2-FC", small_conv),
     "conv5": ("128C3-AP2-256C3-AP2-512C3-AP2-512C3-GAP-FC", lambda: conv5(in_channels=1, input_size=28)),
 }
 

@@ -32,8 +32,7 @@ from opzo_ext.data import get_dataset
 from opzo_ext.diagnostics import gradient_alignment
 from opzo_ext.errors import OpzoError
 from opzo_ext.losses import instantaneous_loss
-from opzo_ext.models import conv5, fc_2x800, nf_resnet34
-from opzo_ext.models.conv import spiking_convnet
+from opzo_ext.models import conv5, fc_2x800, nf_resnet34, small_conv
 
 LAYOUTS = {  # name -> train() options
     "dense": dict(feedback_matrix="dense"),
@@ -109,14 +108,9 @@ def times(repeats: int = 3) -> None:
     print()
 
 
-def small_conv() -> torch.nn.Module:
-    """16C3-AP2-32C3-AP2-FC: the readout sees every position of the last map (flattened)."""
-    return spiking_convnet((16, "A", 32, "A"), 1, 10, 0.0, 28, None)
-
-
 def small_conv_pooled() -> torch.nn.Module:
     """16C3-AP2-32C3-AP2-GAP-FC: global average pooling before the readout (as conv5 and NF-ResNet)."""
-    return spiking_convnet((16, "A", 32, "A"), 1, 10, 0.0, 28, 1)
+    return small_conv(fc_hw=1)
 
 
 def loaders(dataset: str, root: str, train_samples: int):

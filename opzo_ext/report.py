@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import diagnostics
 from .data import get_dataset
 from .losses import instantaneous_loss
-from .models import fc_2x800, spiking_convnet
+from .models import fc_2x800, small_conv
 from .noise import linear_alpha
 from .session import train as opzo_train
 
@@ -42,18 +42,13 @@ PAPER_SWEEPS = {
 }
 
 
-def small_conv(dropout: float) -> torch.nn.Module:
-    """16C3-AP2-32C3-AP2-FC for 28x28 grey images (a CPU-sized stand-in for the paper's conv nets)."""
-    return spiking_convnet((16, "A", 32, "A"), 1, 10, dropout, input_size=28, fc_hw=None)
-
-
 def experiment(method: str, args, monitor: bool = False, model: str = "fc", **options) -> dict:
     """Train FC 2x800 (or ``model="conv"``: :func:`small_conv`, ``args.conv_epochs`` epochs) with
     ``method`` on ``args.dataset``; return accuracy and diagnostics."""
     torch.manual_seed(args.seed)
     epochs = args.epochs if model == "fc" else args.conv_epochs
     dropout = 0.0 if method == "zo" else 0.2
-    net = fc_2x800(dropout=dropout) if model == "fc" else small_conv(dropout)
+    net = fc_2x800(dropout=dropout) if model == "fc" else small_conv(dropout=dropout)
     lr = 2e-5 if method == "zo" else 2e-4
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=2e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -68,7 +63,7 @@ def experiment(method: str, args, monitor: bool = False, model: str = "fc", **op
     record: dict = {"method": method, **{k: v for k, v in options.items() if k != "alpha" or not callable(v)}}
     example = next(iter(loader))[0]
     with opzo_train(net, method, seed=args.seed, example_input=example, **options) as session:
-        monitor = diagnostics.AlignmentMonitor(session, args.every) if monitor else run_batch_only
+        alignment = diagnostics.AlignmentMonitor(session, args.every) if monitor else None
         for epoch in range(epochs):
             session.epoch = epoch
             variance = diagnostics.GradientVariance(net)
@@ -78,13 +73,13 @@ def experiment(method: str, args, monitor: bool = False, model: str = "fc", **op
                     for _ in range(args.steps):
                         instantaneous_loss(net(x), y, 0.05, steps=args.steps).backward()
 
-                monitor(run_batch)
+                alignment(run_batch) if alignment else run_batch()
                 variance.update()
                 optimizer.step()
                 optimizer.zero_grad()
             scheduler.step()
     record["variance"] = variance.result()
-    record["alignment"] = getattr(monitor, "history", [])
+    record["alignment"] = alignment.history if alignment else []
     net.eval()
     correct = 0
     with diagnostics.activity(net) as act, torch.no_grad():
@@ -96,10 +91,6 @@ def experiment(method: str, args, monitor: bool = False, model: str = "fc", **op
     record["firing"] = act.firing_rates()
     record["synops"] = sum(act.synops().values()) * args.steps  # per sample, all steps
     return record
-
-
-def run_batch_only(run_batch) -> None:
-    run_batch()
 
 
 def write_report(results: dict, args, out: Path) -> None:

@@ -10,10 +10,10 @@ as to a user's own model; nothing here knows about the training session).
 """
 from .checkpoints import CheckpointError, LoadReport, load_ottt_checkpoint, load_state_dict_report
 from .common import Scale, lif
-from .conv import conv5, conv9, spiking_convnet
+from .conv import conv5, conv9, small_conv, spiking_convnet
 from .fc import fc_2x800
 from .nf_resnet import NFBasicBlock, NFResNet, nf_resnet18, nf_resnet34
 
-__all__ = ["fc_2x800", "conv5", "conv9", "spiking_convnet", "nf_resnet18", "nf_resnet34", "NFResNet",
+__all__ = ["fc_2x800", "conv5", "conv9", "small_conv", "spiking_convnet", "nf_resnet18", "nf_resnet34", "NFResNet",
            "NFBasicBlock", "Scale", "lif", "load_ottt_checkpoint", "load_state_dict_report",
            "LoadReport", "CheckpointError"]

@@ -1,6 +1,7 @@
 """The paper's convolutional networks (appendix C.3.2) with scaled weight standardisation.
 
 * :func:`conv5`: ``128C3-AP2-256C3-AP2-512C3-AP2-512C3-FC`` (DVS-CIFAR10, DVS-Gesture, CIFAR-10/100)
+* :func:`small_conv`: ``16C3-AP2-32C3-AP2-FC``, not in the paper: for analysis runs on CPU
 * :func:`conv9`: ``64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-FC`` (the deeper
   network; the same layout as OTTT's VGG "S", SpikingJelly's ``ottt_spiking_vggws``)
 
@@ -103,6 +104,14 @@ def conv5(in_channels: int = 3, num_classes: int = 10, dropout: float = 0.0, inp
     """``128C3-AP2-256C3-AP2-512C3-AP2-512C3-FC`` (dropout 0.1 on DVS-CIFAR10 in the paper)."""
     return spiking_convnet(CFG5, in_channels, num_classes, dropout, input_size, fc_hw, ws_scale,
                            step_mode, **neuron_kwargs)
+
+
+def small_conv(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.0, input_size: Size = 28,
+               fc_hw: Optional[int] = None, **neuron_kwargs: Any) -> nn.Sequential:
+    """``16C3-AP2-32C3-AP2-FC``: a CPU-sized conv net for analysis runs on 28x28 grey images (not in
+    the paper). ``fc_hw=None`` reads the flattened 32x7x7 map; ``fc_hw=1`` pools globally first."""
+    return spiking_convnet((16, "A", 32, "A"), in_channels, num_classes, dropout, input_size, fc_hw,
+                           **neuron_kwargs)
 
 
 def conv9(in_channels: int = 3, num_classes: int = 10, dropout: float = 0.0, input_size: Size = 32,
