@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from . import models
-from .config import METHOD_NAMES
+from .config import FEEDBACK_MATRICES, METHOD_NAMES
 from .data import get_dataset
 from .errors import OpzoError
 from .losses import instantaneous_loss
@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
 
 def add_feedback_options(p: argparse.ArgumentParser) -> None:
     """``--feedback-matrix`` / ``--feedback-rank``: how M is stored (:class:`~opzo_ext.TrainConfig`)."""
-    p.add_argument("--feedback-matrix", default="auto", choices=("auto", "dense", "channel", "bf16", "lowrank"),
+    p.add_argument("--feedback-matrix", default="auto", choices=FEEDBACK_MATRICES,
                    help="storage of the feedback matrices: dense float32, one row per conv channel, bfloat16, "
                         "or rank --feedback-rank (default auto: dense if it fits, else channel)")
     p.add_argument("--feedback-rank", type=int, default=64, help="rank of --feedback-matrix lowrank")

@@ -8,6 +8,7 @@ from .errors import ConfigError
 from .noise import DISTRIBUTIONS, Alpha
 
 METHOD_NAMES = ("bp", "opzo", "dfa", "dkp", "zo")
+FEEDBACK_MATRICES = ("auto", "dense", "channel", "bf16", "lowrank")  # storage of M (feedback_matrix=)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class TrainConfig:
         choice("noise", self.noise, DISTRIBUTIONS)
         choice("inject", self.inject, ("after", "before"))
         choice("trace", self.trace, ("trace", "spike"))
-        choice("feedback_matrix", self.feedback_matrix, ("auto", "dense", "channel", "bf16", "lowrank"))
+        choice("feedback_matrix", self.feedback_matrix, FEEDBACK_MATRICES)
         if self.feedback_matrix == "channel" and (self.method not in ("opzo", "dfa") or self.lags):
             raise ConfigError(f"feedback_matrix='channel' is for method 'opzo' (without lags) or 'dfa', not "
                               f"method={self.method!r}, lags={self.lags}.")

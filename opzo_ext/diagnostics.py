@@ -17,8 +17,9 @@ Results are plain dicts; :func:`log_scalars` writes any of them to TensorBoard.
 
 A synaptic operation is one accumulate triggered by one presynaptic spike at one target: a spike
 entering a Linear layer costs ``out_features`` operations; one entering a convolution costs the
-number of (output channel, position) pairs it reaches, computed exactly (borders and stride
-included) as a transposed convolution of ones (table 7 of the paper counts SynOps this way).
+number of (output channel, position) pairs it reaches, computed exactly (borders, stride and
+padding mode included) as the input gradient of the sum of a convolution with unit weights
+(table 7 of the paper counts SynOps this way).
 """
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
               "sigma": args.sigma, "feedback_matrix": args.feedback_matrix, "epochs": args.epochs, "lr": args.lr,
               "clean_acc": evaluate(model, test_loader, preset, args.device, limit),
               "noisy_acc_before": noisy_accuracy()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)  # args.lr: set in run()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     perturbs = args.method in ("opzo", "zo")
     session = opzo_train(model, config=config)
     generator = torch.Generator().manual_seed(args.seed)
