@@ -73,7 +73,16 @@ class Activity:
 @contextmanager
 def activity(model: nn.Module) -> Iterator[Activity]:
     """Count spikes of every neuron and synaptic operations of every Linear/Conv whose input is
-    binary (spikes) while the block runs; hooks are removed on exit."""
+    binary (spikes) while the block runs; hooks are removed on exit.
+
+    Spikes are counted as the neuron emits them: the counting hook runs before any other forward
+    hook of the neuron (it is prepended), so inside a training session it sees the spikes before the
+    session adds its noise ``alpha * z`` (OPZO, ZO), whether ``activity`` is opened before the session
+    or inside it. Synaptic operations are counted on the synapse's actual input: inside a training
+    session that injects noise after the neurons (``inject="after"``, the default of OPZO and ZO), the
+    input of a synapse fed by hidden neurons is ``s + alpha z``, not binary, and it is not counted.
+    Count synaptic operations in evaluation (``model.eval()`` or ``torch.no_grad()``, where the session
+    is inactive and the forward pass is clean), as the paper reports them."""
     stats = Activity()
     handles = []
     for name, module in model.named_modules():
@@ -83,7 +92,7 @@ def activity(model: nn.Module) -> Iterator[Activity]:
                 s = adapter.spike(out).detach()
                 stats.spikes[name] = stats.spikes.get(name, 0.0) + float(s.sum())
                 stats.elements[name] = stats.elements.get(name, 0) + s.numel()
-            handles.append(module.register_forward_hook(count_spikes))
+            handles.append(module.register_forward_hook(count_spikes, prepend=True))  # before a session's noise
         elif is_synapse(module):
             def count_ops(m, args, out, name=name):
                 x = args[0].detach()

@@ -29,6 +29,7 @@ class Topology:
     output_neurons: list[str]  # neurons whose output is the model output (no synapse in between)
     tap: tuple[str, str]  # ("synapse", name): tap its output; ("neuron", name): tap its input
     presynaptic: dict[str, list[str]] = field(default_factory=dict)  # synapse -> neurons feeding it
+    afferent: dict[str, list[str]] = field(default_factory=dict)  # neuron -> synapses feeding it
     in_shapes: dict[str, tuple] = field(default_factory=dict)  # module -> shape of its first input
     out_shapes: dict[str, tuple] = field(default_factory=dict)  # module -> shape of its first output
 
@@ -146,7 +147,11 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, is_neuron: Callable[[n
         if kind == "synapse":
             upstream = _walk(inputs[name], stops)
             presynaptic[name] = [n for n in neurons if n in upstream]
+    afferent = {}  # the synapses directly feeding each neuron (the walk stops at neurons too)
+    for name in neurons:
+        upstream = _walk(inputs[name], stops)
+        afferent[name] = [s for s, kind in order.items() if kind == "synapse" and s in upstream]
     hidden = [n for n in neurons if n not in out_neurons]
     return Topology(neurons=neurons, hidden=hidden, output_neurons=out_neurons, tap=tap,
-                    presynaptic=presynaptic, in_shapes=in_shapes, out_shapes=out_shapes)
+                    presynaptic=presynaptic, afferent=afferent, in_shapes=in_shapes, out_shapes=out_shapes)
 

@@ -11,3 +11,8 @@ class UnsupportedModelError(OpzoError):
 
 class ConfigError(OpzoError, ValueError):
     """An option of :class:`opzo_ext.TrainConfig` has an invalid value."""
+
+
+class HealthWarning(UserWarning):
+    """A training session looks unhealthy (a silent layer, feedback or gradients too small to learn
+    from); raised once per cause and layer, the message names the layer and the fix."""

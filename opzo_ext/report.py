@@ -60,6 +60,7 @@ def experiment(method: str, args, monitor: bool = False, model: str = "fc", **op
         test_set = Subset(test_set, range(args.test_samples))
     loader = DataLoader(train_set, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(args.seed))
     options.setdefault("alpha", linear_alpha(0.2, 0.01, epochs))
+    options.setdefault("feedback_scale", "paper")  # the paper's analysis: its formulation of M
     record: dict = {"method": method, **{k: v for k, v in options.items() if k != "alpha" or not callable(v)}}
     example = next(iter(loader))[0]
     with opzo_train(net, method, seed=args.seed, example_input=example, **options) as session:

@@ -29,6 +29,8 @@ from .adapters import NeuronAdapter, check_model, find_adapter
 from .config import TrainConfig
 from .discovery import Topology, discover
 from .distributed import share_parameters, shared_seed, world
+from . import health as _health
+from . import summary as _summary
 from .errors import OpzoError
 from .feedback import Feedback, LossRecorder, Tap, TapCall, method_class
 from .noise import NoiseSource
@@ -69,6 +71,9 @@ class Session:
         steps: number of time steps trained so far.
         local_readouts: the session's own readouts (``local``, ``igl``); train them with
             :meth:`parameters` and :meth:`local_loss`.
+        health: the :class:`~opzo_ext.health.Health` checks (silent layers, feedback too small),
+            which warn once per cause and layer; the option ``health=False`` turns them off.
+            :meth:`summary` shows what they found.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, example_input: Any = None,
@@ -102,6 +107,7 @@ class Session:
         self._pending_state: Optional[dict] = None
         self._open = False
         self._warned_eval = False
+        self.health = _health.Health(self, enabled=config.health)
 
     # ----------------------------------------------------------------- public API
     @property
@@ -116,6 +122,16 @@ class Session:
     @property
     def alpha(self) -> float:
         return self.config.alpha_at(self.epoch)
+
+    def summary(self) -> str:
+        """What the session trains and how it is doing: the model, the method and its options, each
+        hidden layer (neuron type, neurons per sample, its synapses and their weight shapes, its
+        feedback matrix and bytes, firing rate so far), the readout, the feedback memory, the steps
+        trained and the health checks' counters and warnings (``print(session.summary())``)."""
+        return _summary.summary(self)
+
+    def __repr__(self) -> str:
+        return _summary.short(self)
 
     def reset(self) -> None:
         """Start a new sequence at the next step (traces, antithetic pairs), for loops that give
@@ -144,6 +160,12 @@ class Session:
                 f"This session state was saved with method={state.get('method')!r}, but the session "
                 f"uses method={self.config.method!r}; open the session with the same method."
             )
+        saved_scale = state.get("config", {}).get("feedback_scale", "paper")  # older states: the paper's
+        if self.config.method == "opzo" and saved_scale != self.config.feedback_scale:
+            raise OpzoError(
+                f"This session state was saved with feedback_scale={saved_scale!r}, but the session uses "
+                f"feedback_scale={self.config.feedback_scale!r}: its M is on another scale. Open the session "
+                f"with feedback_scale={saved_scale!r} to resume it.")
         self.epoch, self.steps, self._seed = state["epoch"], state["steps"], state["seed"]
         self.method.load_state_dict(state["feedback"])
         if self.igl_method is not None and state.get("igl_feedback") is not None:
@@ -302,6 +324,7 @@ class Session:
             pres = [self._neurons[p] for p in topology.presynaptic.get(name, [])]
             self._handles.append(syn.register_forward_hook(
                 lambda m, a, out: self._tap(out, pres[0] if pres else self._last_neuron) if self._active(m) else None))
+        self._handles.extend(self.health.attach())
 
     def _init_matrices(self) -> None:
         """Create (or check loaded) feedback matrices ``[n_l, m]``: the layers before the
@@ -409,6 +432,7 @@ class Session:
         return args, kwargs
 
     def _neuron_post(self, rec: _Neuron, args: tuple, output: Any):
+        self.health.neuron(rec, output)
         rec.last_state = rec.adapter.outgoing_state(rec.module, output)
         if self.config.local and rec.name in self.topology.hidden:
             readout = self.local_readouts[rec.name.replace(".", "_")]
@@ -458,6 +482,7 @@ class Session:
         """Readout of one call: method bookkeeping, then the Tap that carries feedback."""
         steps = pre.steps if pre is not None else 1
         self.steps += steps
+        self.health.readout()
         if not self.method.cuts_spatial_bp or not self._pending:
             self._pending.clear()
             return o

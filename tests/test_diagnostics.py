@@ -202,3 +202,56 @@ def test_log_scalars_flattens_nested_dicts():
     w = Writer()
     log_scalars(w, {"firing_rate": {"sn1": 0.25, "sn2": torch.tensor(0.5)}, "accuracy": 97}, step=7, prefix="val")
     assert w.seen == [("val/firing_rate/sn1", 0.25, 7), ("val/firing_rate/sn2", 0.5, 7), ("val/accuracy", 97.0, 7)]
+
+
+@pytest.mark.parametrize("opened", ["inside", "before"])
+def test_activity_counts_the_spikes_neurons_emit_inside_an_opzo_session(opened):
+    """The session adds alpha * z to what hidden neurons pass on; activity() counts the spikes
+    themselves (never negative), whether it is opened before the session or inside it."""
+    import copy
+
+    import torch.nn.functional as F
+
+    import opzo_ext as opzo
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(6, 12), neuron.LIFNode(), layer.Linear(12, 10), neuron.LIFNode(),
+                        layer.Linear(10, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(4)
+        net[2].weight.mul_(4)
+    plain = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.rand(7, 8, 6, generator=g) * 3, torch.randint(0, 3, (8,), generator=g)
+    emitted = {"1": [], "3": []}  # registered before the session: these hooks see the neurons' own output
+    for name in emitted:
+        net.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: emitted[name].append(out.detach()))
+
+    def run(model):
+        functional.reset_net(model)
+        for t in range(x.shape[0]):
+            F.cross_entropy(model(x[t]), y).backward()  # one training step per time step
+
+    # no antithetic pairs: z and -z on alternate steps would cancel in the sum over an even T
+    session = opzo.train(net, method="opzo", seed=0, alpha=0.5, antithetic=False)
+    if opened == "before":
+        with activity(net) as act, session:
+            run(net)
+    else:
+        with session:
+            run(net)  # the first step discovers the layers and attaches the session's hooks
+            with activity(net) as act:
+                for name in emitted:
+                    emitted[name].clear()
+                run(net)
+    rates = act.firing_rates()
+    assert set(rates) == {"1", "3"} and all(0.01 < r < 1.0 for r in rates.values())
+    for name, spikes in emitted.items():
+        assert rates[name] == pytest.approx(torch.stack(spikes).mean().item(), abs=1e-7)
+    # the first hidden layer sees the clean input: the same spikes as the model run without a session
+    with activity(plain) as reference, torch.no_grad():
+        functional.reset_net(plain)
+        for t in range(x.shape[0]):
+            plain(x[t])
+    assert rates["1"] == pytest.approx(reference.firing_rates()["1"], abs=1e-7)
+    assert "2" not in act.synops() and "2" in reference.synops()  # perturbed input: not counted in the session

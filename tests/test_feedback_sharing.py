@@ -56,7 +56,7 @@ def test_opzo_channel_update_averages_noise_over_positions():
     for i in (1, 3):
         net[i].register_forward_hook(lambda m, a, out, i=i: before.setdefault(i, []).append(out.detach().clone()))
     with opzo.train(net, method="opzo", feedback_matrix="channel", example_input=x[0], alpha=ALPHA,
-                    momentum=lam, seed=1) as s:
+                    momentum=lam, seed=1, feedback_scale="paper") as s:
         for i in (1, 3):
             net[i].register_forward_hook(lambda m, a, out, i=i: after.setdefault(i, []).append(out.detach().clone()))
         net[5].register_forward_hook(lambda m, a, out: outs.append(out.detach().clone()))

@@ -161,13 +161,13 @@ def test_lowrank_update_is_the_best_rank_r_approximation():
 
 def test_lowrank_rank_below_m_trains_and_resumes():
     grads_d, fb_d, _ = run("dense", 3)
-    grads_l, fb_l, s = run("lowrank", 3, feedback_rank=2)
+    grads_l, fb_l, s = run("lowrank", 3, feedback_rank=2, feedback_scale="corrected")  # every layer gets feedback
     for name in fb_l:
         assert torch.linalg.matrix_rank(fb_l[name]) == 2
     assert all(grads_l[n].abs().max() > 0 for n in grads_l)
     state = torch.load(_save(s.state_dict()), weights_only=False)
     net = fc_net()
-    with opzo.train(net, method="opzo", feedback_matrix="lowrank", feedback_rank=2,
+    with opzo.train(net, method="opzo", feedback_matrix="lowrank", feedback_rank=2, feedback_scale="corrected",
                     example_input=torch.rand(B, N_IN)) as s2:
         s2.load_state_dict(state)
         for name in fb_l:

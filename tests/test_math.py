@@ -108,10 +108,17 @@ def assert_grads(net, expected):
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
 
 
-@pytest.mark.parametrize("inject", ["after", "before"])
-def test_opzo_gradients_and_momentum_closed_form(inject):
+@pytest.mark.parametrize("inject, scale", [("after", "paper"), ("before", "paper"), ("after", "corrected"),
+                                           ("before", "corrected"), ("after", "jacobian"), ("before", "jacobian")])
+def test_opzo_gradients_and_momentum_closed_form(inject, scale):
+    """M_l[t] = lam M_l[t-1] + (1 - lam) z_l[t]^T o[t] / B (/ alpha but for "paper") from M = 0; the
+    hidden error is psi(u) * (e M_l[t]^T), divided by 1 - lam^(t+1) ("corrected") and times the
+    reliability rho_l[t] = max(0, 1 - U_l[t] / |M_l[t]|^2) ("jacobian"), where
+    U_l[t] = lam^2 U_l[t-1] + (1 - lam)^2 sum_b |z_b|^2 |o_b|^2 / (B alpha)^2."""
     net, (x, y), lam = make_net(), data(), 0.6
-    log, _, _, final = run("opzo", net, x, y, alpha=ALPHA, momentum=lam, inject=inject)
+    log, _, _, final = run("opzo", net, x, y, alpha=ALPHA, momentum=lam, inject=inject, feedback_scale=scale)
+    by = ALPHA if scale != "paper" else 1.0
+    gain = [1 / (1 - lam ** (t + 1)) if scale != "paper" else 1.0 for t in range(T)]
     if inject == "after":
         z = {k: [(p - s) / ALPHA for p, s in zip(log["p" + k], log["s" + k])] for k in "12"}
     else:
@@ -120,37 +127,50 @@ def test_opzo_gradients_and_momentum_closed_form(inject):
     assert all(zz.abs().max() > 0.1 for zz in z["1"])  # noise really is there
     # antithetic default: z, -z on alternate steps
     torch.testing.assert_close(z["1"][1], -z["1"][0])
-    # M_l[t] = lam M_l[t-1] + (1 - lam) z_l[t]^T o[t] / B, from M = 0
     M = {k: [] for k in "12"}
     for k in "12":
         m = torch.zeros(z[k][0].shape[1], 3, dtype=torch.float32)
         for t in range(T):
-            m = lam * m + (1 - lam) * z[k][t].t() @ log["o"][t] / B
+            m = lam * m + (1 - lam) * z[k][t].t() @ log["o"][t] / (B * by)
             M[k].append(m)
     names = {"1": "1", "2": "3"}
+    atol = 1e-6 if scale != "paper" else 1e-7  # M is 1/alpha larger; z is recovered as a difference / alpha
     for k in "12":
-        torch.testing.assert_close(final[names[k]], M[k][-1], rtol=1e-5, atol=1e-7)
-        closed = sum(lam ** (T - 1 - t) * (1 - lam) * z[k][t].t() @ log["o"][t] / B for t in range(T))
-        torch.testing.assert_close(final[names[k]], closed, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(final[names[k]], M[k][-1], rtol=1e-5, atol=atol)
+        closed = sum(lam ** (T - 1 - t) * (1 - lam) * z[k][t].t() @ log["o"][t] / (B * by) for t in range(T))
+        torch.testing.assert_close(final[names[k]], closed, rtol=1e-5, atol=atol)
+
+    gains = {k: list(gain) for k in "12"}
+    if scale == "jacobian":
+        for k in "12":
+            u = 0.0
+            for t in range(T):
+                power = (z[k][t].square().sum(1) * log["o"][t].square().sum(1)).sum() / (B * ALPHA) ** 2
+                u = lam ** 2 * u + (1 - lam) ** 2 * power
+                gains[k][t] *= max(0.0, float(1 - u / M[k][t].square().sum()))
+        assert any(g < 0.99 * c for k in "12" for g, c in zip(gains[k], gain))  # the shrinkage is at work
 
     def deltas(e):
-        return ([psi(log["m1"][t]) * (e[t] @ M["1"][t].t()) for t in range(T)],
-                [psi(log["m2"][t]) * (e[t] @ M["2"][t].t()) for t in range(T)])
+        return ([psi(log["m1"][t]) * (e[t] @ M["1"][t].t()) * gains["1"][t] for t in range(T)],
+                [psi(log["m2"][t]) * (e[t] @ M["2"][t].t()) * gains["2"][t] for t in range(T)])
 
     assert_grads(net, expected_grads(log, x, y, deltas))
     assert net[0].weight.grad.abs().max() > 1e-6  # the hidden layers really learn
 
 
-def test_opzo_with_known_initial_M_and_scale_by_alpha():
-    net, (x, y), lam = make_net(), data(), 0.9
+@pytest.mark.parametrize("scale", ["paper", "corrected"])
+def test_opzo_with_known_initial_M_and_scale_by_alpha(scale):
+    """A loaded M after K = 7 earlier updates: the "corrected" feedback is divided by 1 - lam^(K+t+1)."""
+    net, (x, y), lam, K = make_net(), data(), 0.9, 7
     g = torch.Generator().manual_seed(5)
     M0 = {"1": torch.randn(6, 3, generator=g, dtype=torch.float32), "3": torch.randn(5, 3, generator=g, dtype=torch.float32)}
     rec = Recorder(net)
     with opzo.train(net, method="opzo", example_input=x[0], alpha=ALPHA, momentum=lam, scale_by_alpha=True,
-                    antithetic=False, noise="rademacher") as session:
+                    antithetic=False, noise="rademacher", feedback_scale=scale) as session:
         rec.after_session()
         state = session.state_dict()
         state["feedback"]["matrices"] = {k: v.clone() for k, v in M0.items()}
+        state["feedback"]["updates"] = {"1": K, "3": K}
         session.load_state_dict(state)
         for t in range(T):
             F.cross_entropy(net(x[t]), y).backward()
@@ -165,10 +185,11 @@ def test_opzo_with_known_initial_M_and_scale_by_alpha():
         for t in range(T):
             m = lam * m + (1 - lam) * z[k][t].t() @ log["o"][t] / (B * ALPHA)
             M[k].append(m)
+    gain = [1 / (1 - lam ** (K + t + 1)) if scale != "paper" else 1.0 for t in range(T)]
 
     def deltas(e):
-        return ([psi(log["m1"][t]) * (e[t] @ M["1"][t].t()) for t in range(T)],
-                [psi(log["m2"][t]) * (e[t] @ M["2"][t].t()) for t in range(T)])
+        return ([psi(log["m1"][t]) * (e[t] @ M["1"][t].t()) * gain[t] for t in range(T)],
+                [psi(log["m2"][t]) * (e[t] @ M["2"][t].t()) * gain[t] for t in range(T)])
 
     assert_grads(net, expected_grads(log, x, y, deltas))
 
@@ -297,7 +318,8 @@ def test_intermediate_global_learning():
     of its own readout through R."""
     net, (x, y), lam = make_net(), data(), 0.6
     rec = Recorder(net)
-    with opzo.train(net, method="opzo", example_input=x[0], alpha=ALPHA, momentum=lam, igl="3") as session:
+    with opzo.train(net, method="opzo", example_input=x[0], alpha=ALPHA, momentum=lam, igl="3",
+                    feedback_scale="paper") as session:
         rec.after_session()
         R = session.local_readouts["igl"]
         for t in range(T):
@@ -334,7 +356,8 @@ def test_opzo_with_lags_feeds_every_earlier_step():
     weight gradients use the (perturbed) spikes, not traces."""
     net, (x, y), lam = make_net(), data(), 0.6
     rec = Recorder(net)
-    with opzo.train(net, method="opzo", lags=True, example_input=x[0], alpha=ALPHA, momentum=lam) as session:
+    with opzo.train(net, method="opzo", lags=True, example_input=x[0], alpha=ALPHA, momentum=lam,
+                    feedback_scale="paper") as session:
         rec.after_session()
         loss = sum(F.cross_entropy(net(x[t]), y) for t in range(T))
         loss.backward()

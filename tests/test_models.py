@@ -224,8 +224,8 @@ def test_multi_step_mode_matches_single_step(method):
         out = multi(x)
         sum(F.cross_entropy(out[t], y) for t in range(T)).backward()
     torch.testing.assert_close(out.detach(), torch.stack(outs).detach())
-    for (name, p), q in zip(single.named_parameters(), multi.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7, msg=name)
+    for (name, p), q in zip(single.named_parameters(), multi.parameters()):  # float32 rounding of the sums
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6 * max(0.1, float(q.grad.abs().max())), msg=name)
 
 
 # --------------------------------------------------------------------------------- NF-ResNet

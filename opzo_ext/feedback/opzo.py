@@ -3,10 +3,14 @@
 Per time step ``t`` and hidden layer ``l``, with noise ``z_l[t]`` ``[B, n_l]`` and perturbed output
 ``o~[t]`` ``[B, m]``::
 
-    M_l <- lam * M_l + (1 - lam) * z_l[t]^T o~[t] / B   (/ alpha if scale_by_alpha)
-    g_l[t] = e[t] @ M_l^T                               (i.e. M_l e per sample)
+    M_l <- lam * M_l + (1 - lam) * z_l[t]^T o~[t] / (B alpha)
+    g_l[t] = gain_l[t] * e[t] @ M_l^T                   (i.e. M_l e per sample)
 
-M starts at zero. M is updated in place when every earlier step's backward has run
+M starts at zero. ``gain`` (:mod:`~opzo_ext.feedback.opzo_gain`, set by ``feedback_scale``)
+makes the feedback an estimate of the backpropagated error: the bias correction ``1 / (1 -
+lam^k)`` after ``k`` updates times the reliability of M (default ``"jacobian"``);
+``feedback_scale="paper"`` uses 1 and drops the ``1/alpha`` (appendix C.3.2; ``scale_by_alpha``
+keeps it). M is updated in place when every earlier step's backward has run
 (``in_place``; a second backward through an old graph after that would see the new M); otherwise
 out of place, so a graph built at step ``t`` keeps
 ``M_l`` as it was at step ``t`` even when backward runs after later steps (time loop inside
@@ -18,18 +22,29 @@ import torch
 
 from ..distributed import all_gather_rows, all_reduce_sum, global_batch, world
 from .base import Feedback, matrix_signal
+from .opzo_gain import FeedbackGain
 
 
 class OPZO(Feedback):
     name = "opzo"
     injects_noise = True
 
+    def __init__(self, config, generator_for):
+        super().__init__(config, generator_for)
+        self.gain = FeedbackGain(config)  # bias correction and reliability of the feedback (feedback_scale)
+
+    @staticmethod
+    def energy(m: torch.Tensor) -> torch.Tensor:
+        """``|M|_F^2`` of a stored matrix (float32 accumulation)."""
+        return torch.linalg.vector_norm(m, dtype=torch.float32).square()
+
     def new_matrix(self, shape, like):
         return like.new_zeros(shape[::-1], dtype=self.dtype or like.dtype).t()  # stored as M^T [m, n_l]: both products run row-major
 
     def scale(self, call, batch: int) -> float:
-        """``(1 - lam) / B`` (``/ alpha`` with ``scale_by_alpha``), B the batch over all ranks."""
-        return (1.0 - self.config.momentum) / batch / (call.alpha if self.config.scale_by_alpha else 1.0)
+        """``(1 - lam) / B`` (``/ alpha`` unless ``feedback_scale="paper"`` without ``scale_by_alpha``),
+        B the batch over all ranks."""
+        return (1.0 - self.config.momentum) / batch / (call.alpha if self.config.divides_by_alpha else 1.0)
 
     @staticmethod
     def exchange(o: torch.Tensor, t: int, z_t: torch.Tensor, batch: int,
@@ -73,7 +88,18 @@ class OPZO(Feedback):
                 history.append(mt.t())
             self.matrices[name] = history[-1]
             per_layer.append(history)
-        return per_layer
+        gains = [self.gain.after(name, history, self.energy, o, self.rows(name, z_l), batch, call.alpha)
+                 for name, z_l, history in zip(call.layers, call.z, per_layer)]
+        return per_layer, gains
 
     def signal(self, call, e):
-        return [self.spread(name, g) for name, g in zip(call.layers, matrix_signal(call.ctx, e))]
+        histories, gains = call.ctx
+        return [self.spread(name, self.gain.apply(g, c))
+                for name, g, c in zip(call.layers, matrix_signal(histories, e), gains)]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), **self.gain.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.gain.load_state_dict(state)

@@ -51,8 +51,8 @@ class OPZOBf16(OPZO):
 
     def signal(self, call, e):
         out = []
-        for name, mats in zip(call.layers, call.ctx):
+        for name, mats, gains in zip(call.layers, *call.ctx):
             eb = e.to(torch.bfloat16)
             g = eb @ mats[0].t() if len(mats) == 1 else torch.stack([eb[t] @ m.t() for t, m in enumerate(mats)])
-            out.append(self.spread(name, g.to(e.dtype)))
+            out.append(self.spread(name, self.gain.apply(g.to(e.dtype), gains)))
         return out

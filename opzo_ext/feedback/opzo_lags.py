@@ -38,7 +38,10 @@ class LaggedOPZO(OPZO):
             mt = self.update(self.matrices[key].t(), o_t, z_t, lam, scale, in_place=False, reduce=reduce)
             self.matrices[key] = mt.t()
             per_entry.append([mt.t()])
-        return per_entry
+        gains = [self.gain.after(lag_key(name, k), h, self.energy, o, z, batch, call.alpha)
+                 for (name, k), z, h in zip(call.layers, call.z, per_entry)]
+        return per_entry, gains
 
     def signal(self, call, e):
-        return matrix_signal(call.ctx, e)  # lags use dense matrices
+        histories, gains = call.ctx
+        return [self.gain.apply(g, c) for g, c in zip(matrix_signal(histories, e), gains)]  # dense matrices

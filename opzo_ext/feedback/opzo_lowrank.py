@@ -69,24 +69,33 @@ class OPZOLowRank(OPZO):
 
     @torch.no_grad()
     def step(self, call, o, in_place=False):
-        lam, scale = self.config.momentum, self.scale(call, global_batch(o.shape[1], o.device))
+        batch = global_batch(o.shape[1], o.device)
+        lam, scale = self.config.momentum, self.scale(call, batch)
         per_layer = []
-        o = [all_gather_rows(o_t) for o_t in o]  # multi-process: every rank truncates the global batch
+        gathered = [all_gather_rows(o_t) for o_t in o]  # multi-process: every rank truncates the global batch
         for name, z_l in zip(call.layers, call.z):
             factors, history = self.matrices[name], []
-            for t in range(len(o)):
-                factors = self.truncate(factors, o[t], all_gather_rows(z_l[t]), lam, scale)
+            for t in range(len(gathered)):
+                factors = self.truncate(factors, gathered[t], all_gather_rows(z_l[t]), lam, scale)
                 history.append(factors)
             self.matrices[name] = factors
             per_layer.append(history)
-        return per_layer
+        gains = [self.gain.after(name, history, self.energy, o, z_l, batch, call.alpha)
+                 for name, z_l, history in zip(call.layers, call.z, per_layer)]
+        return per_layer, gains
+
+    @staticmethod
+    def energy(factors: Factors) -> torch.Tensor:
+        """``|A B^T|_F^2 = |A|_F^2`` (``B`` has orthonormal columns)."""
+        return torch.linalg.vector_norm(factors[0], dtype=torch.float32).square()
 
     def signal(self, call, e):
         out = []
-        for hist in call.ctx:
+        for hist, gains in zip(*call.ctx):
             if len(hist) == 1:
                 a, b = hist[0]
-                out.append((e @ b) @ a.t())
+                g = (e @ b) @ a.t()
             else:
-                out.append(torch.stack([(e[t] @ b) @ a.t() for t, (a, b) in enumerate(hist)]))
+                g = torch.stack([(e[t] @ b) @ a.t() for t, (a, b) in enumerate(hist)])
+            out.append(self.gain.apply(g, gains))
         return out

@@ -1,0 +1,133 @@
+"""Third-party setups, unmodified but for the two added lines, trained by every method at one budget:
+the original BPTT, online BP (OTTT), OPZO (default and the paper's feedback scale), DFA, DKP, ZO and
+a readout-only control (hidden layers frozen, readout trained by online BP), which shows what the
+hidden-layer feedback is worth. Writes one JSON line per run to ``--runs`` (runs already there are
+skipped, so an interrupted benchmark resumes) and the table to ``--out``.
+
+    .venv/bin/python benchmarks/third_party.py                      # every setup, ~45 min on 2 CPU cores
+    .venv/bin/python benchmarks/third_party.py --setups t6 --variants bp opzo
+    .venv/bin/python benchmarks/third_party.py --table-only         # rewrite the table from the runs
+
+The setups live in ``examples/third_party/`` (their headers name the source and what differs).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# setup key -> (module, title, budget keywords of run(), setup overrides, what the budget is)
+SETUPS = {
+    "t5": ("snntorch_tutorial5", "snnTorch tutorial 5 (FC 784-1000-10, CE on membrane, Adam 5e-4)",
+           dict(train_samples=6000, test_samples=1000), {}, "MNIST 6000 / 1000, T = 25, 1 epoch"),
+    "t6": ("snntorch_tutorial6", "snnTorch tutorial 6 (CSNN, `ce_rate_loss`, Adam 1e-2)",
+           dict(train_samples=6000, test_samples=1000), {}, "MNIST 6000 / 1000, T = 25, 1 epoch"),
+    "t7": ("snntorch_tutorial7", "snnTorch tutorial 7 (CSNN, `mse_count_loss`, Adam) on simulated N-MNIST",
+           dict(train_samples=2000, test_samples=500),
+           dict(time_window=20000, filter_time=None, lr=2e-3, batch_size=16),
+           "simulated N-MNIST 2000 / 500, 20 ms frames (~15 steps), lr 2e-3, batch 16, 1 epoch"),
+    "sj": ("spikingjelly_conv_fashion_mnist", "SpikingJelly `conv_fashion_mnist.py` (CSNN, BN, IF, MSE on rate, SGD 0.1)",
+           dict(train_samples=4000, test_samples=1000), dict(channels=64),
+           "Fashion-MNIST 4000 / 1000, T = 4, 1 epoch, `-channels 64` (the example's default is 128)"),
+}
+# variant -> (method, session options, readout only)
+VARIANTS = {
+    "bptt": (None, {}, False),
+    "bp": ("bp", {}, False),
+    "opzo": ("opzo", {}, False),
+    "opzo-corrected": ("opzo", {"feedback_scale": "corrected"}, False),
+    "opzo-paper": ("opzo", {"feedback_scale": "paper"}, False),
+    "dfa": ("dfa", {}, False),
+    "dkp": ("dkp", {}, False),
+    "zo": ("zo", {}, False),
+    "readout-only": ("bp", {}, True),
+}
+LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
+          "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
+          "readout-only": "readout only (control)"}
+
+
+def load_runs(path: Path) -> dict:
+    runs = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                runs[r["setup"], r["variant"], r["seed"]] = r
+    return runs
+
+
+def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
+    module, _, budget, overrides, _ = SETUPS[setup]
+    run = importlib.import_module(f"examples.third_party.{module}").run
+    method, options, readout_only = VARIANTS[variant]
+    res = run(method, seed=seed, readout_only=readout_only, options={**options, "seed": seed} if method else None,
+              data_root=data_root, **budget, **overrides)
+    res.pop("losses", None)
+    return {"setup": setup, "variant": variant, "seed": seed, **res}
+
+
+def table(runs: dict, seeds: list[int]) -> str:
+    lines = ["# Third-party setups: every method at the same budget", "",
+             "Each setup is another project's training script reproduced in `examples/third_party/`: its",
+             "network, neurons, loss, optimizer, learning rate, time steps and loop, with OPZO added the way a",
+             "user would (`import opzo_ext as opzo` and one `with opzo.train(net, method=...)`). Test accuracy",
+             "(%) after one epoch on the stated subset, mean over seeds "
+             f"{', '.join(map(str, seeds))}; the same initial weights and batch order for every method.",
+             "`readout only` freezes every layer but the readout and trains it with online BP: what the",
+             "network reaches without any hidden-layer learning. Command: `benchmarks/third_party.py`.", ""]
+    for setup, (_, title, _, _, budget) in SETUPS.items():
+        rows = [(v, [runs[setup, v, s] for s in seeds if (setup, v, s) in runs]) for v in VARIANTS]
+        rows = [(v, rs) for v, rs in rows if rs]
+        if not rows:
+            continue
+        lines += [f"## {title}", "", f"Budget: {budget}.", "",
+                  "| method | test accuracy (%) | per seed | last batch loss | training s |", "|---|---|---|---|---|"]
+        for v, rs in rows:
+            accs = [r["accuracy"] for r in rs]
+            lines.append(f"| {LABELS.get(v, v)} | {sum(accs) / len(accs):.1f} | {' / '.join(f'{a:.1f}' for a in accs)} | "
+                         f"{sum(r['final_loss'] for r in rs) / len(rs):.3f} | {sum(r['seconds'] for r in rs) / len(rs):.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--runs", type=Path, default=ROOT / "docs/results/third_party_runs.jsonl",
+                   help="one JSON line per run; runs already there are not repeated")
+    p.add_argument("--out", type=Path, default=ROOT / "docs/results/third_party.md")
+    p.add_argument("--data-root", default=str(ROOT / "data"))
+    p.add_argument("--table-only", action="store_true", help="only rewrite --out from --runs")
+    args = p.parse_args(argv)
+    for path in (args.runs, args.out):  # check the destinations before hours of training
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    runs = load_runs(args.runs)
+    if not args.table_only:
+        for setup in args.setups:
+            for variant in args.variants:
+                for seed in args.seeds:
+                    if (setup, variant, seed) in runs:
+                        continue
+                    start = time.perf_counter()
+                    r = runs[setup, variant, seed] = run_one(setup, variant, seed, args.data_root)
+                    with open(args.runs, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    print(f"{setup:3s} {variant:13s} seed {seed}: {r['accuracy']:5.1f}%  "
+                          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    args.out.write_text(table(runs, args.seeds) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""``feedback_scale``: OPZO's feedback estimates the Jacobian itself ("jacobian", the default), so
+hidden-layer gradients are on online BP's scale from the first steps; the paper's formulation
+("paper") holds ``alpha (1 - lam^k)`` of it. The exact formulas are in ``test_math.py``."""
+import pytest
+import snntorch as snn
+import snntorch.utils
+import torch
+import torch.nn.functional as F
+from snntorch import surrogate
+from torch import nn
+
+import opzo_ext as opzo
+
+T = 4
+
+
+def make_net():
+    torch.manual_seed(0)
+    grad = surrogate.sigmoid(slope=4)
+    return nn.Sequential(nn.Linear(20, 40), snn.Leaky(beta=0.5, init_hidden=True, spike_grad=grad),
+                         nn.Linear(40, 40), snn.Leaky(beta=0.5, init_hidden=True, spike_grad=grad),
+                         nn.Linear(40, 4))
+
+
+def batches(n=25):
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(20, 4, generator=gen)
+    xs = [torch.randn(64, 20, generator=gen) * 1.5 for _ in range(n)]
+    return [(x, (x @ w).argmax(1)) for x in xs]
+
+
+def weight_grads(method, data, **options):
+    """Hidden weight gradients of every batch (weights fixed: nothing is stepped)."""
+    net, out = make_net(), []
+    with opzo.train(net, method=method, seed=0, health=False, **options):
+        for x, y in data:
+            for _ in range(T):
+                (F.cross_entropy(net(x), y) / T).backward()
+            out.append({n: net.get_parameter(n).grad.clone() for n in ("0.weight", "2.weight")})
+            net.zero_grad()
+            snntorch.utils.reset(net)
+    return out
+
+
+def test_jacobian_scale_puts_hidden_gradients_on_bp_scale_and_paper_scale_far_below():
+    data = batches()
+    bp = weight_grads("bp", data)
+    jacobian = weight_grads("opzo", data)  # the default
+    paper = weight_grads("opzo", data, feedback_scale="paper")
+    for k in (4, 24):  # after 20 and 100 updates of M
+        for name in ("0.weight", "2.weight"):
+            ratio = float(jacobian[k][name].norm() / bp[k][name].norm())
+            assert 0.3 < ratio < 3.0, (k, name, ratio)
+            assert float(paper[k][name].norm() / bp[k][name].norm()) < 1e-2
+            # the same direction: the two scales differ by a factor per layer and step only
+            cos = F.cosine_similarity(jacobian[k][name].flatten(), paper[k][name].flatten(), 0)
+            assert float(cos) > 0.999
+    cos = F.cosine_similarity(jacobian[24]["2.weight"].flatten(), bp[24]["2.weight"].flatten(), 0)
+    assert float(cos) > 0.9  # and it is BP's direction on the layer below the readout
+
+
+def test_resuming_with_another_feedback_scale_is_refused():
+    net, data = make_net(), batches(1)
+    with opzo.train(net, method="opzo", seed=0, feedback_scale="paper") as session:
+        F.cross_entropy(net(data[0][0]), data[0][1]).backward()
+        state = session.state_dict()
+    snntorch.utils.reset(net)
+    with opzo.train(net, method="opzo", seed=0) as session:
+        with pytest.raises(opzo.OpzoError, match="feedback_scale='paper'.*Open the session with feedback_scale='paper'"):
+            session.load_state_dict(state)
+    legacy = dict(state, config={k: v for k, v in state["config"].items() if k != "feedback_scale"})
+    with opzo.train(net, method="opzo", seed=0, feedback_scale="paper") as session:
+        session.load_state_dict(legacy)  # states saved before the option existed are the paper's
+        assert session.method.gain.updates == {"1": 1, "3": 1}
+
+
+def test_feedback_scale_must_be_a_known_choice():
+    with pytest.raises(opzo.ConfigError, match="feedback_scale='bias'.*'jacobian', 'corrected', 'paper'"):
+        opzo.TrainConfig(feedback_scale="bias")
