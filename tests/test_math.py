@@ -114,7 +114,9 @@ def test_opzo_gradients_and_momentum_closed_form(inject, scale):
     """M_l[t] = lam M_l[t-1] + (1 - lam) z_l[t]^T o[t] / B (/ alpha but for "paper") from M = 0; the
     hidden error is psi(u) * (e M_l[t]^T), divided by 1 - lam^(t+1) ("corrected") and times the
     reliability rho_l[t] = max(0, 1 - U_l[t] / |M_l[t]|^2) ("jacobian"), where
-    U_l[t] = lam^2 U_l[t-1] + (1 - lam)^2 sum_b |z_b|^2 |o_b|^2 / (B alpha)^2."""
+    U_l[t] = lam^2 U_l[t-1] + (1 - lam)^2 sum_b |z_b|^2 |o_b[t]|^2 / (B alpha)^2 for a fresh z and
+    U_l[t] = lam^4 U_l[t-2] + (1 - lam)^2 sum_b |z_b|^2 |lam o_b[t-1] - o_b[t]|^2 / (B alpha)^2 for the
+    second step of an antithetic pair."""
     net, (x, y), lam = make_net(), data(), 0.6
     log, _, _, final = run("opzo", net, x, y, alpha=ALPHA, momentum=lam, inject=inject, feedback_scale=scale)
     by = ALPHA if scale != "paper" else 1.0
@@ -143,11 +145,16 @@ def test_opzo_gradients_and_momentum_closed_form(inject, scale):
     gains = {k: list(gain) for k in "12"}
     if scale == "jacobian":
         for k in "12":
-            u = 0.0
+            u = [0.0]  # U before step 0, then after each step
             for t in range(T):
-                power = (z[k][t].square().sum(1) * log["o"][t].square().sum(1)).sum() / (B * ALPHA) ** 2
-                u = lam ** 2 * u + (1 - lam) ** 2 * power
-                gains[k][t] *= max(0.0, float(1 - u / M[k][t].square().sum()))
+                o = log["o"][t]
+                if t % 2 == 0:  # a fresh z
+                    power = (z[k][t].square().sum(1) * o.square().sum(1)).sum() / (B * ALPHA) ** 2
+                    u.append(lam ** 2 * u[-1] + (1 - lam) ** 2 * power)
+                else:  # z = -z of step t - 1: the pair's noise is that of z^T (lam o~[t-1] - o~[t])
+                    power = (z[k][t].square().sum(1) * (lam * log["o"][t - 1] - o).square().sum(1)).sum() / (B * ALPHA) ** 2
+                    u.append(lam ** 4 * u[-2] + (1 - lam) ** 2 * power)
+                gains[k][t] *= max(0.0, float(1 - u[-1] / M[k][t].square().sum()))
         assert any(g < 0.99 * c for k in "12" for g, c in zip(gains[k], gain))  # the shrinkage is at work
 
     def deltas(e):

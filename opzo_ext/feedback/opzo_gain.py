@@ -15,9 +15,11 @@ started at zero, after ``k`` updates those weights sum to ``1 - lam^k``. ``feedb
   sum_b |z_b|^2 |o~_b|^2 / (B alpha)^2`` (the term ``z o^T`` of the unperturbed output, whose mean
   is zero, dominates it) averaged with the squared weights. ``nu / |M_hat|^2 = U / |M|^2`` with
   ``U <- lam^2 U + (1 - lam)^2 sum_b |z_b|^2 |o~_b|^2 / (B alpha)^2``: one scalar per layer, no
-  host synchronisation. Early, when ``M`` is mostly noise (few updates, many neurons), ``rho`` is
-  near 0 and the hidden layers wait; once the average has seen enough updates ``rho -> 1``.
-  Antithetic pairs cancel part of that noise, so ``rho`` errs on the side of caution.
+  host synchronisation. An antithetic pair (``z``, then ``-z``) adds ``z^T (lam o~' - o~)``, whose
+  noise is far smaller when the two steps' outputs are alike (and larger when they alternate):
+  :meth:`FeedbackGain.noise_step` counts the pair as such. Early, when ``M`` is mostly noise (few
+  updates, many neurons), ``rho`` is near 0 and the hidden layers wait; once the average has seen
+  enough updates ``rho -> 1``.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ class FeedbackGain:
         self.config = config
         self.updates: dict[str, int] = {}  # key -> number of momentum updates so far
         self.noise: dict[str, torch.Tensor] = {}  # key -> U, the weighted noise energy of M
+        # key -> (U before the last update, its o~ [B_r, m], per-sample sums of its z [B_r]): antithetic pairs
+        self.previous: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def after(self, key: str, history: list[torch.Tensor], energy, o: torch.Tensor, z: torch.Tensor,
               batch: int, alpha: float) -> Gains:
@@ -51,18 +55,41 @@ class FeedbackGain:
         corrections = [1.0 / (1.0 - lam ** (k + i)) for i in range(1, steps + 1)]
         if mode == "corrected":
             return corrections
-        power = (z.float().square().sum(-1) * o.float().square().sum(-1)).sum(-1)  # [T]
-        if world()[1] > 1:
-            power = all_reduce_sum(power)
-        power = power / (batch * (alpha if self.config.divides_by_alpha else 1.0)) ** 2
+        scale = (batch * (alpha if self.config.divides_by_alpha else 1.0)) ** 2
         u = self.noise.get(key)
-        u = power.new_zeros(()) if u is None else u.to(power.device)
+        u = o.new_zeros((), dtype=torch.float32) if u is None else u.to(o.device)
         rho = []
         for t in range(steps):
-            u = u * lam ** 2 + (1.0 - lam) ** 2 * power[t]
+            u = self.noise_step(key, u, o[t].float(), z[t].float(), lam, scale)
             rho.append((1.0 - u / energy(history[t]).clamp_min(torch.finfo(torch.float32).tiny)).clamp_min(0.0))
         self.noise[key] = u
-        return torch.stack(rho) * torch.tensor(corrections, dtype=torch.float32, device=power.device)
+        return torch.stack(rho) * torch.tensor(corrections, dtype=torch.float32, device=o.device)
+
+    def noise_step(self, key: str, u: torch.Tensor, o: torch.Tensor, z: torch.Tensor, lam: float,
+                   scale: float) -> torch.Tensor:
+        """``U`` after one update from ``o~`` ``[B_r, m]`` and ``z`` ``[B_r, rows]``.
+
+        Alone, the update adds ``(1 - lam)^2 sum_b |z_b|^2 |o~_b|^2 / scale``. When it completes an
+        antithetic pair (``z = -z'`` of the step before, with output ``o~'``), the pair's noise is that
+        of ``z^T (lam o~' - o~)``, far smaller when the outputs of the two steps are alike, so ``U``
+        is recomputed from before the pair: ``lam^4 U'' + (1 - lam)^2 sum_b |z_b|^2 |lam o~'_b -
+        o~_b|^2 / scale``. A pair is recognised by its per-sample sums ``sum_j z_bj = -sum_j z'_bj``
+        (exact for a negated tensor), without a host synchronisation."""
+        z_sq, mark = z.square().sum(-1), z.sum(-1)
+        prev = self.previous.get(key) if self.config.antithetic else None
+        if prev is not None and prev[1].shape != o.shape:  # another batch: a new sequence
+            prev = None
+        single = (z_sq * o.square().sum(-1)).sum()
+        pair = (z_sq * (lam * prev[1] - o).square().sum(-1)).sum() if prev is not None else torch.zeros_like(single)
+        single, pair = _sum_ranks(torch.stack([single, pair]))  # the same collective on every rank
+        new = u * lam ** 2 + (1.0 - lam) ** 2 * single / scale
+        if prev is not None:
+            u_before, _, mark_prev = prev
+            paired = (mark + mark_prev).eq(0).all()
+            new = torch.where(paired, u_before * lam ** 4 + (1.0 - lam) ** 2 * pair / scale, new)
+        if self.config.antithetic:
+            self.previous[key] = (u, o.clone(), mark)
+        return new
 
     @staticmethod
     def apply(g: torch.Tensor, gains: Gains) -> torch.Tensor:
@@ -76,8 +103,15 @@ class FeedbackGain:
         return g.mul_(gains.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
 
     def state_dict(self) -> dict:
-        return {"updates": dict(self.updates), "noise": {k: v.clone() for k, v in self.noise.items()}}
+        return {"updates": dict(self.updates), "noise": {k: v.clone() for k, v in self.noise.items()},
+                "noise_previous": {k: tuple(t.clone() for t in v) for k, v in self.previous.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = dict(state.get("updates", {}))
         self.noise = {k: v.clone() for k, v in state.get("noise", {}).items()}
+        self.previous = {k: tuple(t.clone() for t in v) for k, v in state.get("noise_previous", {}).items()}
+
+
+def _sum_ranks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the processes of a multi-process run (the global batch's power)."""
+    return all_reduce_sum(x.clone()) if world()[1] > 1 else x
