@@ -79,7 +79,7 @@ def test_silent_hidden_layer_warns_once_naming_it_and_the_fix():
     silent = [m for m in messages if "has not spiked in " in m]
     assert len(silent) == 1  # once, although the layer stays silent for 320 steps
     assert silent[0].startswith("Hidden layer '1' (Leaky) has not spiked in ")
-    assert "Lower its threshold, raise the input scale or the weight init of the synapses feeding it ('0')" in silent[0]
+    assert "lower its threshold, raise the input scale or the weight init of the synapses feeding it ('0')" in silent[0]
     assert "session.summary()" in silent[0]
     assert session.health.raised == messages
     # the synapse feeding the silent layer gets no surrogate derivative: its gradient is ~0

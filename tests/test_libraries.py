@@ -101,6 +101,8 @@ def boost(model: nn.Module, factor: float) -> nn.Module:
 def run_session(model, method, batches, **options):
     """``batches``: callables running one batch of the user's loop; returns (session, recorder)."""
     rec = Recorder(model)
+    if method == "opzo":  # the wiring checked here: the default also holds back feedback while M is noise
+        options.setdefault("feedback_scale", "corrected")
     try:
         with opzo.train(model, method=method, momentum=0.5, seed=0, **options) as session:
             for batch in batches:
