@@ -48,6 +48,7 @@ VARIANTS = {
     "zo": ("zo", {}, False),
     "readout-only": ("bp", {}, True),
 }
+READING = "<!-- reading: written by hand, kept when the table is rewritten -->"
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
           "readout-only": "readout only (control)"}
@@ -125,7 +126,9 @@ def main(argv=None) -> None:
                         f.write(json.dumps(r) + "\n")
                     print(f"{setup:3s} {variant:13s} seed {seed}: {r['accuracy']:5.1f}%  "
                           f"({time.perf_counter() - start:.0f} s)", flush=True)
-    args.out.write_text(table(runs, args.seeds) + "\n")
+    old = args.out.read_text() if args.out.exists() else ""
+    reading = old[old.index(READING):] if READING in old else READING + "\n"  # hand-written, kept
+    args.out.write_text(table(runs, args.seeds) + "\n" + reading)
     print(f"wrote {args.out}")
 
 

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     example = _step_inputs(train_set[0][0][None].to(args.device), preset)[0]  # attach at once: the
     session = opzo_train(  # local readouts must be in the optimizer before its state is loaded
         model, args.method, alpha=linear_alpha(preset.alpha_start, preset.alpha_end, preset.epochs),
-        momentum=preset.momentum, local=preset.local_scale if args.local else False,
+        momentum=preset.momentum, feedback_scale=preset.feedback_scale, local=preset.local_scale if args.local else False,
         optimizer=optimizer, seed=args.seed, example_input=example, feedback_matrix=args.feedback_matrix,
         feedback_rank=args.feedback_rank)
     out = Path(args.out)

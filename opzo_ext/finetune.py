@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .cli import MODELS, _reset, _step_inputs, add_feedback_options, evaluate
-from .config import METHOD_NAMES, TrainConfig
+from .config import FEEDBACK_SCALES, METHOD_NAMES, TrainConfig
 from .data import get_dataset
 from .deploy import noisy
 from .errors import OpzoError
@@ -39,7 +39,9 @@ from .session import train as opzo_train
 def run(args: argparse.Namespace) -> dict:
     preset = PRESETS[args.preset]
     config = TrainConfig(method=args.method, alpha=args.sigma, inject="before", antithetic=False,  # checked first
-                         momentum=preset.momentum, seed=args.seed, feedback_matrix=args.feedback_matrix,
+                         momentum=preset.momentum, feedback_scale=args.feedback_scale or preset.feedback_scale,
+                         seed=args.seed,
+                         feedback_matrix=args.feedback_matrix,
                          feedback_rank=args.feedback_rank)
     if args.lr is None:
         args.lr = preset.finetune_zo_lr if args.method == "zo" else preset.finetune_lr
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> dict:
             return evaluate(model, test_loader, preset, args.device, limit)
 
     result = {"checkpoint": str(args.checkpoint), "preset": args.preset, "method": args.method,
-              "sigma": args.sigma, "feedback_matrix": args.feedback_matrix, "epochs": args.epochs, "lr": args.lr,
+              "sigma": args.sigma, "feedback_matrix": args.feedback_matrix, "feedback_scale": config.feedback_scale,
+              "epochs": args.epochs, "lr": args.lr,
               "clean_acc": evaluate(model, test_loader, preset, args.device, limit),
               "noisy_acc_before": noisy_accuracy()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -103,6 +106,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, required=True, help="noise scale on every neuron's input")
     p.add_argument("--method", required=True, choices=METHOD_NAMES)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--feedback-scale", choices=FEEDBACK_SCALES, default=None,
+                   help="what OPZO's feedback estimates (default: the preset's, 'jacobian'; 'paper': appendix C)")
     p.add_argument("--lr", type=float, default=None,
                    help="AdamW learning rate (default: the preset's; imagenet: 2e-6, ZO 2e-7 as in the paper)")
     p.add_argument("--limit-batches", type=int, default=None)

@@ -333,8 +333,7 @@ class Health:
                      "Jacobian, far below online BP's scale for the first thousands of steps; use "
                      "feedback_scale='jacobian' (the default), which estimates the Jacobian itself")
         else:
-            cause = ("the feedback reaching it is too small for this optimizer: raise this layer's learning rate, "
-                     "or use an optimizer that ignores the gradient's scale (Adam)")
+            cause = "the feedback reaching it is too small"
         if not quiet:
             return " " + cause[0].upper() + cause[1:]
         which = f"Layer {_names(quiet)} around it has" if len(quiet) == 1 else f"Layers {_names(quiet)} around it have"

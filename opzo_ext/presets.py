@@ -22,6 +22,7 @@ class Preset:
     dropout: float = 0.0  # not applied for ZO
     mse_weight: float = 0.05  # l of the OTTT loss (1 - l) CE + l MSE
     momentum: float = 0.99999  # lam of OPZO's M
+    feedback_scale: str = "jacobian"  # what OPZO's feedback estimates (TrainConfig.feedback_scale)
     alpha_start: float = 0.2
     alpha_end: float = 0.01
     local_scale: float = 0.01
