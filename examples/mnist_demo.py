@@ -89,7 +89,7 @@ def train(method: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, args) -
     snntorch.utils.reset(net)
     # the paper's schedule: alpha decays linearly from 0.2 to 0.01 over the epochs (unused by bp)
     alpha = opzo.linear_alpha(0.2, 0.01, epochs=args.epochs)
-    with opzo.train(net, method=method, alpha=alpha) as session:
+    with opzo.train(net, method=method, alpha=alpha, optimizer=optimizer) as session:
         for epoch in range(args.epochs):
             session.epoch = epoch  # read by the alpha schedule
             perm = torch.randperm(len(x), generator=order_gen)

@@ -50,6 +50,8 @@ GRAD_RATIO = 1e-3  # hidden mean |g| below this fraction of the readout's: feedb
 WINDOW = 8  # checks averaged by the gradient rules
 FEEDBACK_AFTER = 500  # time steps before a feedback matrix still at ~0 is reported
 FEEDBACK_RMS = 1e-10  # RMS entry of a feedback matrix below which it counts as zero
+LOWER_EPS = "lower the optimizer's eps (e.g. eps=1e-12)"  # the remedies the gradient warnings offer
+RAISE_LR = "raise this layer's learning rate"
 MAX_PENDING = 4096  # sampled values kept on the device at most between two reads
 
 
@@ -307,37 +309,45 @@ class Health:
                 self._once("eps", stats.param, (
                     f"The weight gradient of {self._where(stats)} has mean |g| {g:.1e} over the last {self.window} "
                     f"checks, below the optimizer's eps={stats.eps:g}: an Adam-type update g / (sqrt(v) + eps) "
-                    f"shrinks to about g / eps, so this layer barely learns.{self._cause(stats)} or lower the "
-                    "optimizer's eps (e.g. eps=1e-12). Inspect with session.summary()."))
+                    f"shrinks to about g / eps, so this layer barely learns. "
+                    f"{self._cause(stats, LOWER_EPS)} Inspect with session.summary()."))
         elif len(stats.ratio) == self.window and sum(stats.ratio) / self.window < self.grad_ratio:
             ratio = sum(stats.ratio) / self.window
             self._once("ratio", stats.param, (
                 f"The weight gradient of {self._where(stats)} is {ratio:.1e} times the readout's (mean |g| over the "
-                f"last {self.window} checks): too small for a scale-sensitive optimizer such as SGD to move it."
-                f"{self._cause(stats)}, or raise this layer's learning rate. With Adam the scale does not matter "
-                "as long as |g| stays above its eps: pass optimizer=opt to opzo.train and this check compares with "
-                "eps instead. Inspect with session.summary()."))
+                f"last {self.window} checks): too small for a scale-sensitive optimizer such as SGD to move it. "
+                f"{self._cause(stats, RAISE_LR)} With Adam the scale does not "
+                "matter as long as |g| stays above its eps: pass optimizer=opt to opzo.train and this check compares "
+                "with eps instead. Inspect with session.summary()."))
 
     @staticmethod
     def _where(stats: _WeightStats) -> str:
         return f"'{stats.param}'" + (f" (feeding hidden layer '{stats.layer}')" if stats.layer else "")
 
-    def _cause(self, stats: _WeightStats) -> str:
-        """The likely cause: a silent layer around the synapse (no input, or no surrogate derivative),
-        otherwise feedback (or, under BP, a backpropagated error) too small."""
+    def _cause(self, stats: _WeightStats, fix: str) -> str:
+        """The likely cause, with its fix (``fix``: the optimizer's own remedy), as sentences: a silent
+        layer around the synapse (no input, or no surrogate derivative), OPZO holding back feedback
+        while M is noise, the paper's feedback scale, or feedback (under BP, the error) too small."""
+        config = self.session.config
         quiet = [n for n in (*stats.inputs, stats.layer) if n in self.neurons and self.neurons[n].zero_samples >= 2]
-        if self.session.config.method == "bp":
-            cause = "the backpropagated error reaching it is too small (vanishing gradients): normalise the layers"
-        elif self.session.config.method == "opzo" and self.session.config.feedback_scale == "paper":
+        reliability = getattr(getattr(self.session.method, "gain", None), "reliability", {}).get(stats.layer)
+        if config.method == "bp":
+            cause = f"the backpropagated error reaching it is too small (vanishing gradients): normalise the layers, or {fix}."
+        elif config.method == "opzo" and config.feedback_scale == "paper":
             cause = ("the feedback reaching it is too small: feedback_scale='paper' keeps M at alpha (1 - lam^k) of the "
                      "Jacobian, far below online BP's scale for the first thousands of steps; use "
-                     "feedback_scale='jacobian' (the default), which estimates the Jacobian itself")
+                     f"feedback_scale='jacobian' (the default), which estimates the Jacobian itself, or {fix}.")
+        elif reliability is not None and float(reliability) < 0.5:
+            cause = (f"OPZO holds back this layer's feedback while its M is mostly noise (estimated reliability "
+                     f"{float(reliability):.2f}, feedback_scale='jacobian'); it grows as M averages more updates (more "
+                     f"steps; a larger batch makes each update less noisy). If it stays this small, {fix}, or use "
+                     "feedback_scale='corrected', which does not hold it back.")
         else:
-            cause = "the feedback reaching it is too small"
+            cause = f"the feedback reaching it is too small: {fix}."
         if not quiet:
-            return " " + cause[0].upper() + cause[1:]
+            return cause[0].upper() + cause[1:]
         which = f"Layer {_names(quiet)} around it has" if len(quiet) == 1 else f"Layers {_names(quiet)} around it have"
-        return f" {which} not spiked lately (no input or no surrogate derivative): fix that first. Otherwise {cause}"
+        return f"{which} not spiked lately (no input or no surrogate derivative): fix that first. Otherwise {cause}"
 
     def _feedback(self, name: str, entries: int, norm: float) -> None:
         self.feedback_norms[name] = norm

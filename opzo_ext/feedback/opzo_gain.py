@@ -39,6 +39,7 @@ class FeedbackGain:
         self.config = config
         self.updates: dict[str, int] = {}  # key -> number of momentum updates so far
         self.noise: dict[str, torch.Tensor] = {}  # key -> U, the weighted noise energy of M
+        self.reliability: dict[str, torch.Tensor] = {}  # key -> rho of the latest update ("jacobian")
         # key -> (U before the last update, its o~ [B_r, m], per-sample sums of its z [B_r]): antithetic pairs
         self.previous: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -63,6 +64,7 @@ class FeedbackGain:
             u = self.noise_step(key, u, o[t].float(), z[t].float(), lam, scale)
             rho.append((1.0 - u / energy(history[t]).clamp_min(torch.finfo(torch.float32).tiny)).clamp_min(0.0))
         self.noise[key] = u
+        self.reliability[key] = rho[-1]
         return torch.stack(rho) * torch.tensor(corrections, dtype=torch.float32, device=o.device)
 
     def noise_step(self, key: str, u: torch.Tensor, o: torch.Tensor, z: torch.Tensor, lam: float,
