@@ -10,7 +10,7 @@ readout over the T steps.
 
 The same seed, initial weights and batch order are used for both methods.
 
-    .venv/bin/python examples/mnist_demo.py            # both methods: full MNIST, 5 epochs each (~3 min)
+    .venv/bin/python examples/mnist_demo.py            # both methods: full MNIST, 5 epochs each (3-11 min)
     .venv/bin/python examples/mnist_demo.py --train-samples 10000   # quick look
     .venv/bin/python examples/mnist_demo.py --methods opzo --epochs 20
 
