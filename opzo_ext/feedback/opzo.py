@@ -78,7 +78,7 @@ class OPZO(Feedback):
     def step(self, call, o, in_place=False):
         batch = global_batch(o.shape[1], o.device)
         lam, scale = self.config.momentum, self.scale(call, batch)
-        per_layer, gathered = [], {}
+        per_layer, gains, gathered = [], [], {}
         for name, z_l in zip(call.layers, call.z):
             mt, history = self.matrices[name].t(), []
             z_rows = self.rows(name, z_l)
@@ -88,8 +88,7 @@ class OPZO(Feedback):
                 history.append(mt.t())
             self.matrices[name] = history[-1]
             per_layer.append(history)
-        gains = [self.gain.after(name, history, self.energy, o, self.rows(name, z_l), batch, call.alpha)
-                 for name, z_l, history in zip(call.layers, call.z, per_layer)]
+            gains.append(self.gain.after(name, history, self.energy, o, z_rows, batch, call.alpha))
         return per_layer, gains
 
     def signal(self, call, e):
