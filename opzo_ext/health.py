@@ -238,12 +238,8 @@ class Health:
             for name, m in (getattr(method, "matrices", None) or {}).items():
                 if name in self._feedback_done or name not in session.topology.hidden:
                     continue  # lags: "layer@k" matrices are not checked, the lag-0 one is
-                if isinstance(m, tuple):  # factors: ||A B^T||^2 = sum((A^T A) * (B^T B))
-                    a, b = (t.float() for t in m)
-                    norm = ((a.t() @ a) * (b.t() @ b)).sum().clamp_min(0).sqrt()
-                    due.append((name, a.shape[0] * b.shape[0], norm))
-                elif isinstance(m, torch.Tensor):
-                    due.append((name, m.numel(), torch.linalg.vector_norm(m.detach(), dtype=torch.float32)))
+                entries = m[0].shape[0] * m[1].shape[0] if isinstance(m, tuple) else m.numel()  # tuple: factors
+                due.append((name, entries, method.energy(m).sqrt()))
         return due
 
     @torch.no_grad()
@@ -304,8 +300,8 @@ class Health:
         if self.readout_grad:
             stats.ratio.append(abs_mean / self.readout_grad)
         if stats.eps is not None:  # a scale-invariant optimizer: only the absolute size matters
-            if len(stats.abs_mean) == self.window and sum(stats.abs_mean) / self.window < stats.eps:
-                g = sum(stats.abs_mean) / self.window
+            g = sum(stats.abs_mean) / self.window
+            if len(stats.abs_mean) == self.window and g < stats.eps:
                 self._once("eps", stats.param, (
                     f"The weight gradient of {self._where(stats)} has mean |g| {g:.1e} over the last {self.window} "
                     f"checks, below the optimizer's eps={stats.eps:g}: an Adam-type update g / (sqrt(v) + eps) "

@@ -48,6 +48,11 @@ class Feedback:
         """Bytes of the feedback matrix of a layer of shape ``[n_l, m]``, before allocating it."""
         return shape[0] * shape[1] * self.entry_size(like)
 
+    @staticmethod
+    def energy(m: torch.Tensor) -> torch.Tensor:
+        """``|F|_F^2`` of a stored feedback matrix (float32 accumulation), on its device."""
+        return torch.linalg.vector_norm(m.detach(), dtype=torch.float32).square()
+
     def feedback_matrices(self) -> dict[str, torch.Tensor]:
         """Neuron name -> feedback matrix ``[n_l, m]`` as used by :meth:`signal`."""
         return self.matrices

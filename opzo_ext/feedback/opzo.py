@@ -33,11 +33,6 @@ class OPZO(Feedback):
         super().__init__(config, generator_for)
         self.gain = FeedbackGain(config)  # bias correction and reliability of the feedback (feedback_scale)
 
-    @staticmethod
-    def energy(m: torch.Tensor) -> torch.Tensor:
-        """``|M|_F^2`` of a stored matrix (float32 accumulation)."""
-        return torch.linalg.vector_norm(m, dtype=torch.float32).square()
-
     def new_matrix(self, shape, like):
         return like.new_zeros(shape[::-1], dtype=self.dtype or like.dtype).t()  # stored as M^T [m, n_l]: both products run row-major
 
