@@ -32,6 +32,7 @@ from opzo_ext.data import get_dataset
 from opzo_ext.diagnostics import gradient_alignment
 from opzo_ext.errors import OpzoError
 from opzo_ext.losses import instantaneous_loss
+from opzo_ext.feedback.sizing import layer_shapes
 from opzo_ext.models import conv5, fc_2x800, nf_resnet34, small_conv
 
 LAYOUTS = {  # name -> train() options
@@ -50,7 +51,7 @@ def sizes() -> None:
     print("## Bytes of M: NF-ResNet-34, 224x224, 1000 classes\n")
     net, x = nf_resnet34(num_classes=1000), torch.rand(1, 3, 224, 224)
     with opzo.train(net, method="opzo", feedback_matrix="channel", example_input=x) as s:
-        dense_shapes = s._layer_shapes()  # [n_l, m] per hidden layer
+        dense_shapes = layer_shapes(s.topology, s.flow.neurons)  # [n_l, m] per hidden layer
         channel = sum(m.numel() * m.element_size() for m in s.feedback.values())
     print("| layout | bytes (from shapes) | allocated here |\n|---|---|---|")
     for name in ("dense", "bf16", "channel", "lowrank64"):

@@ -113,7 +113,7 @@ def run_one(case: str, method: str, device: str, batch: int, steps: int, iters: 
             return sum(v.numel() * v.element_size() for m in net.modules()
                        for k, v in getattr(m, "_memories", {}).items() if k == "trace" and torch.is_tensor(v))
         total = sum(m.numel() * m.element_size() for m in session.feedback.values())
-        for rec in session._neurons.values():
+        for rec in session.flow.neurons.values():
             if rec.noise.last is not None:
                 total += rec.noise.last.numel() * rec.noise.last.element_size()
         return total

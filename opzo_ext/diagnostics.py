@@ -32,7 +32,7 @@ from torch import nn
 
 from .adapters import find_adapter
 from .errors import OpzoError
-from .feedback import BP, Feedback
+from .feedback import BP
 from .traces import is_synapse
 
 
@@ -111,12 +111,11 @@ def activity(model: nn.Module) -> Iterator[Activity]:
             h.remove()
 
 
-class _NoisyBP(Feedback):
+class _NoisyBP(BP):
     """Online spatial BP through the *perturbed* forward pass: the reference for alignment."""
 
-    name = "bp"
-    cuts_spatial_bp = False
-    injects_noise = True
+    def injects_noise(self) -> bool:
+        return True
 
 
 def _clone(obj):
@@ -158,7 +157,7 @@ def gradient_alignment(session, run_batch: Callable[[], None]) -> dict[str, floa
     for p in params:
         p.grad = None
     method = session.method
-    session.method = _NoisyBP(session.config, session._generator) if method.injects_noise else BP(session.config, session._generator)
+    session.method = _NoisyBP(session.config, session._generator) if method.injects_noise() else BP(session.config, session._generator)
     try:
         run_batch()
     finally:

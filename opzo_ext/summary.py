@@ -43,7 +43,7 @@ def _dtype(t: torch.Tensor) -> str:
 
 
 def _per_sample(session, name: str) -> int:
-    shape, rec = session.topology.out_shapes[name], session._neurons[name]
+    shape, rec = session.topology.out_shapes[name], session.flow.neurons[name]
     lead = 2 if rec.adapter.is_multistep(rec.module) else 1
     return math.prod(shape[lead:])
 
@@ -84,7 +84,7 @@ def summary(session) -> str:
             lines.append("      feeds " + ", ".join(f"'{s}'" for s in feeds[name]))
         if name in matrices:
             text, size = matrices[name]
-            source = f" (from the intermediate readout at '{config.igl}')" if name in session._igl_layers() else ""
+            source = f" (from the intermediate readout at '{config.igl}')" if name in session.igl_layers else ""
             lines.append(f"      feedback matrix {text}, {_bytes(size)}{source}")
         lines.append(f"      firing rate {_rate(health, name)}")
     kind, site = topo.tap

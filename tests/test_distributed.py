@@ -106,7 +106,7 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
     rank0 = out0["dense"]
 
     def patch(session):
-        for rec in session._neurons.values():
+        for rec in session.flow.neurons.values():
             rec.noise = TwoRankNoise(rec.noise)
 
     def one_process(options, **net_options):

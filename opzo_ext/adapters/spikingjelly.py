@@ -1,5 +1,5 @@
 """SpikingJelly neurons: state lives in ``MemoryModule._memories``; multi-step (``'m'``) neurons get
-an instance-level ``multi_step_forward`` that runs single steps and detaches state between them."""
+an instance-level ``multi_step_forward`` (:meth:`SpikingJellyAdapter.stepwise`) that runs single steps and detaches state between them."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from ..patching import override
 from .base import NeuronAdapter
 
 WHY_NOT = {
@@ -79,9 +78,9 @@ class SpikingJellyAdapter(NeuronAdapter):
     def is_multistep(self, module: nn.Module) -> bool:
         return getattr(module, "step_mode", "s") == "m"
 
-    def install_stepwise(self, module: nn.Module, active: Callable[[], bool]) -> Callable[[], None]:
-        """Make ``multi_step_forward`` loop over single steps, detaching state between steps, while
-        ``active()``; return the function that removes the override."""
+    def stepwise(self, module: nn.Module, active: Callable[[], bool]) -> Callable:
+        """A ``multi_step_forward`` for ``module`` that loops over single steps, detaching state
+        between steps, while ``active()`` (the session installs it on the instance)."""
         original = module.multi_step_forward
 
         def multi_step_forward(x_seq: torch.Tensor, *args, **kwargs):
@@ -95,4 +94,4 @@ class SpikingJellyAdapter(NeuronAdapter):
                 return torch.stack(outputs)
             return type(outputs[0])(torch.stack(parts) for parts in zip(*outputs))
 
-        return override(module, "multi_step_forward", multi_step_forward)
+        return multi_step_forward

@@ -1,33 +1,24 @@
-"""What every credit-assignment method shares: the :class:`Tap` that sends feedback to hidden layers.
+"""The interface of a credit-assignment method (:class:`Feedback`) and the storage of its matrices.
 
-At the readout, once per call, the session calls ``method.step(...)`` (no autograd: OPZO updates
-its M here) and wraps the readout output ``o`` in :class:`Tap`. Tap is the identity forward; in
-backward it hands ``e = dL/do`` on to the readout unchanged and ``method.signal(...)`` (for OPZO:
-``M_l e``) to every hidden layer's spike tensor, from where autograd applies the neuron's own
-surrogate derivative and reaches the synapse weights through their traces.
-
-Shapes: ``o`` and ``e`` are ``[T, B, m]``; ``z_l`` and the signal of layer ``l`` are ``[T, B, n_l]``
-(``T = 1`` for a single-step call).
+A method forms the error each hidden layer receives. The session asks it, once, what it needs
+(:meth:`Feedback.uses_tap`, :meth:`Feedback.injects_noise`, :meth:`Feedback.activity_trace`); at
+every readout call it runs :meth:`Feedback.step` (no autograd) and, during ``loss.backward()``,
+:meth:`Feedback.signal` through the :class:`~opzo_ext.feedback.tap.Tap`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
 from ..errors import OpzoError
+from ..traces import TraceState
 
 
 class Feedback:
-    """A credit-assignment method. Subclasses set the class flags and override what they need."""
+    """A credit-assignment method. Subclasses override what they need."""
 
     name = "?"
-    cuts_spatial_bp = True  # hidden spikes are detached downstream; feedback enters through Tap
-    injects_noise = False  # hidden layers get alpha * z
-    needs_loss = False  # the signal uses the scalar loss value (ZO)
-    signal_uses_noise = False  # signal() reads z (else z is dropped after step() to save memory)
-    needs_activity = False  # step() reads each hidden layer's own spike trace (DKP)
     dtype: Optional[torch.dtype] = None  # storage dtype of the matrices (None: the model's)
 
     def __init__(self, config, generator_for):
@@ -36,6 +27,35 @@ class Feedback:
         self.matrices: dict[str, torch.Tensor] = {}  # neuron name -> [n_l, m] feedback matrix
         self.groups: dict[str, tuple[int, int]] = {}  # name -> (rows C, positions P) of a shared matrix
 
+    # ------------------------------------------------------------ what the method needs
+    def uses_tap(self) -> bool:
+        """Hidden layers get this method's signal through the Tap, and their spikes reach the next
+        layer detached (no spatial BP); False: autograd carries the error layer by layer (bp)."""
+        return True
+
+    def injects_noise(self) -> bool:
+        """Hidden layers get ``alpha * z`` (before or after the neuron, ``inject=``)."""
+        return False
+
+    def activity_trace(self, lam: float) -> Optional[TraceState]:
+        """A trace of each hidden layer's own spikes, handed to :meth:`step` (None: not needed)."""
+        return None
+
+    def stores_matrices(self) -> bool:
+        """The method keeps a feedback matrix per hidden layer (sized and created by the session)."""
+        return type(self).new_matrix is not Feedback.new_matrix
+
+    def can_share_rows(self) -> bool:
+        """Convolutional layers may share one matrix row per channel (``feedback_matrix="channel"``)."""
+        return False
+
+    def open(self) -> None:
+        """The session opens (attach what the method needs outside the model)."""
+
+    def close(self) -> None:
+        """The session closes (undo :meth:`open`)."""
+
+    # ------------------------------------------------------------ matrices
     def new_matrix(self, shape: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
         """The initial feedback matrix ``[n_l, m]`` of a layer (None: the method has none)."""
         return None
@@ -66,13 +86,13 @@ class Feedback:
                     self.matrices[name] = m
 
     @torch.no_grad()
-    def step(self, call: "TapCall", o: torch.Tensor, in_place: bool = False) -> Any:
-        """Bookkeeping of one readout call (no autograd) with the perturbed output ``o`` ``[T, B, m]``;
-        returns what :meth:`signal` needs (stored as ``call.ctx``). ``in_place``: no earlier Tap is
-        still alive, so state may be updated in place."""
+    def step(self, call, o: torch.Tensor, in_place: bool = False) -> Any:
+        """Bookkeeping of one readout :class:`~opzo_ext.feedback.tap.TapCall` (no autograd) with the
+        perturbed output ``o`` ``[T, B, m]``; returns what :meth:`signal` needs (the Tap's
+        ``call.ctx``). ``in_place``: no earlier Tap is still alive, so state may be updated in place."""
         return None
 
-    def signal(self, call: "TapCall", e: torch.Tensor) -> list[torch.Tensor]:
+    def signal(self, call, e: torch.Tensor) -> list[torch.Tensor]:
         """Errors ``[T, B, n_l]`` for each layer of ``call.layers``, from ``e = dL/do`` ``[T, B, m]``."""
         raise NotImplementedError
 
@@ -113,51 +133,3 @@ class Feedback:
         """Copies the matrices: later in-place updates must not write into ``state``."""
         self.matrices = {k: tuple(t.clone() for t in v) if isinstance(v, tuple) else v.clone()
                          for k, v in state["matrices"].items()}
-
-
-@dataclass(eq=False)  # hashed by identity: the session tracks live calls in a WeakSet
-class TapCall:
-    """One readout call: the method, what its ``step`` returned, and the layout of ``o``."""
-
-    method: Feedback
-    layers: list[str]  # hidden layers of this call
-    z: list[Optional[torch.Tensor]]  # their noise [T, B, n_l] (None without noise)
-    activity: list[Optional[torch.Tensor]]  # their spike traces [T, B, n_l] (methods that need it)
-    alpha: float
-    steps: int
-    batch: int
-    ctx: Any = None  # what method.step returned
-    done: bool = False  # backward has run through this call
-
-    def as_steps(self, x: torch.Tensor) -> torch.Tensor:
-        """View a per-call tensor (``[B, ...]``, ``[T, B, ...]`` or ``[T*B, ...]``) as ``[T, B, n]``."""
-        return x.reshape(self.steps, self.batch, -1)
-
-
-class Tap(torch.autograd.Function):
-    """Identity on the readout output ``o``; backward returns ``e`` to ``o`` and the method's
-    feedback to each hidden spike tensor in ``spikes`` (reshaped to each tensor's shape)."""
-
-    @staticmethod
-    def forward(ctx, o, call, *spikes):
-        ctx.call = call
-        ctx.spike_shapes = [s.shape for s in spikes]
-        return o
-
-    @staticmethod
-    def backward(ctx, e):
-        call = ctx.call
-        signals = call.method.signal(call, call.as_steps(e))
-        call.done = True
-        return (e, None, *(g.reshape(shape) for g, shape in zip(signals, ctx.spike_shapes)))
-
-
-def matrix_signal(matrices_per_step: list[list[torch.Tensor]], e: torch.Tensor) -> list[torch.Tensor]:
-    """``g_l[t] = e[t] @ F_l[t]^T`` for per-step feedback matrices ``F_l[t]`` of shape [n_l, m]."""
-    out = []
-    for mats in matrices_per_step:
-        if len(mats) == 1:
-            out.append(e @ mats[0].t())
-        else:
-            out.append(torch.stack([e[t] @ m.t() for t, m in enumerate(mats)]))
-    return out

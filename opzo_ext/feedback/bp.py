@@ -5,4 +5,6 @@ from .base import Feedback
 
 class BP(Feedback):
     name = "bp"
-    cuts_spatial_bp = False
+
+    def uses_tap(self) -> bool:
+        return False

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import Feedback, matrix_signal
+from .base import Feedback
+from .tap import matrix_signal
 
 
 class DFA(Feedback):
     name = "dfa"
+
+    def can_share_rows(self) -> bool:
+        return True
 
     def new_matrix(self, shape, like):
         b = like.new_empty(shape)

@@ -15,16 +15,20 @@ from __future__ import annotations
 import torch
 
 from ..distributed import all_reduce_sum
-from .base import Feedback, matrix_signal
+from ..traces import TraceState
+from .base import Feedback
+from .tap import matrix_signal
 
 
 class DKP(Feedback):
     name = "dkp"
-    needs_activity = True
 
     def __init__(self, config, generator_for):
         super().__init__(config, generator_for)
         self.optimizer = None
+
+    def activity_trace(self, lam):
+        return TraceState(lam)
 
     def new_matrix(self, shape, like):
         return like.new_zeros(shape)
@@ -38,12 +42,13 @@ class DKP(Feedback):
             self.optimizer.load_state_dict(state)
 
     def step(self, call, o, in_place=False):
-        return [[self.matrices[name]] for name in call.layers]
+        return [[self.matrices[name]] for name in call.layers], call.activity
 
     def signal(self, call, e):
-        signals = matrix_signal(call.ctx, e)
+        matrices, activity = call.ctx
+        signals = matrix_signal(matrices, e)
         with torch.no_grad():
-            for name, a in zip(call.layers, call.activity):
+            for name, a in zip(call.layers, activity):
                 b = self.matrices[name]
                 grad = all_reduce_sum(torch.einsum("tbn,tbm->nm", a, e))
                 b.grad = grad if b.grad is None else b.grad.add_(grad)

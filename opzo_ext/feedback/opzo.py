@@ -21,17 +21,23 @@ from __future__ import annotations
 import torch
 
 from ..distributed import all_gather_rows, all_reduce_sum, global_batch, world
-from .base import Feedback, matrix_signal
+from .base import Feedback
+from .tap import matrix_signal
 from .opzo_gain import FeedbackGain
 
 
 class OPZO(Feedback):
     name = "opzo"
-    injects_noise = True
 
     def __init__(self, config, generator_for):
         super().__init__(config, generator_for)
         self.gain = FeedbackGain(config)  # bias correction and reliability of the feedback (feedback_scale)
+
+    def injects_noise(self) -> bool:
+        return True
+
+    def can_share_rows(self) -> bool:
+        return True
 
     def new_matrix(self, shape, like):
         return like.new_zeros(shape[::-1], dtype=self.dtype or like.dtype).t()  # stored as M^T [m, n_l]: both products run row-major

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..distributed import global_batch
-from .base import matrix_signal
+from .tap import matrix_signal
 from .opzo import OPZO
 
 
@@ -25,6 +25,9 @@ def lag_key(name: str, k: int) -> str:
 
 
 class LaggedOPZO(OPZO):
+    def can_share_rows(self) -> bool:
+        return False
+
     @torch.no_grad()
     def step(self, call, o, in_place=False):
         batch = global_batch(o.shape[1], o.device)

@@ -53,9 +53,18 @@ class LossRecorder:
 
 class ZO(Feedback):
     name = "zo"
-    injects_noise = True
-    needs_loss = True
-    signal_uses_noise = True
+
+    def injects_noise(self) -> bool:
+        return True
+
+    def open(self) -> None:
+        LossRecorder.acquire()
+
+    def close(self) -> None:
+        LossRecorder.release()
+
+    def step(self, call, o, in_place=False):
+        return call.z
 
     def signal(self, call, e):
         loss = LossRecorder.value
@@ -64,4 +73,4 @@ class ZO(Feedback):
                 "method='zo' needs the loss value: call loss.backward() (or torch.autograd.backward) "
                 "on the loss; torch.autograd.grad is not supported for ZO."
             )
-        return [z_l * (loss / call.alpha) for z_l in call.z]
+        return [z_l * (loss / call.alpha) for z_l in call.ctx]

@@ -1,0 +1,110 @@
+"""Everything a session puts on the user's model, added in one place and removed in one place.
+
+An :class:`Attachment` registers the session's forward hooks and instance overrides (a synapse's
+``forward``, a multi-step neuron's ``multi_step_forward``) and :meth:`Attachment.detach` takes every
+one of them off, restoring what the instance had before.
+
+Copies of the model are plain models: ``copy.deepcopy(model)`` (``AveragedModel`` for EMA/SWA
+does it) and ``torch.save(model)`` inside a session give a model whose session hooks do nothing
+and whose overridden methods are the library's own, so the copy neither trains with, nor holds a
+reference to, the session.
+"""
+from __future__ import annotations
+
+import copy
+import types
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+
+class _Hook:
+    """A session hook: calls ``fn`` while attached; in a copy of the model it does nothing."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Optional[Callable]):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return None if self.fn is None else self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return _Hook(None)
+
+    def __reduce__(self):
+        return _Hook, (None,)
+
+
+def _bound(obj: Any, name: str):
+    """``obj.name`` as the class defines it, bound to ``obj``."""
+    return types.MethodType(getattr(type(obj), name), obj)
+
+
+class _Override:
+    """A session's replacement of ``obj.name``; in a copy of ``obj`` it is what ``obj`` had before."""
+
+    def __init__(self, obj: Any, name: str, fn: Callable, previous: Any):
+        self.obj, self.name, self.fn, self.previous = obj, name, fn, previous
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        if self.previous is not _MISSING:
+            return copy.deepcopy(self.previous, memo)
+        return _bound(memo.get(id(self.obj), self.obj), self.name)
+
+    def __reduce__(self):
+        if self.previous is not _MISSING:
+            return _identity, (self.previous,)
+        return _bound, (self.obj, self.name)
+
+
+def _identity(x):
+    return x
+
+
+_MISSING = object()
+
+
+class Attachment:
+    """The hooks and overrides of one session on one model."""
+
+    def __init__(self):
+        self._removers: list[Callable[[], None]] = []
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._removers)
+
+    def pre_hook(self, module: nn.Module, fn: Callable) -> None:
+        """``fn(module, args, kwargs)`` before ``module.forward``; may return ``(args, kwargs)``."""
+        self.add(module.register_forward_pre_hook(_Hook(fn), with_kwargs=True))
+
+    def post_hook(self, module: nn.Module, fn: Callable) -> None:
+        """``fn(module, args, output)`` after ``module.forward``; may return a new output."""
+        self.add(module.register_forward_hook(_Hook(fn)))
+
+    def override(self, obj: Any, name: str, fn: Callable) -> None:
+        """Set ``obj.name = fn`` on the instance until :meth:`detach` puts back what was there."""
+        previous = obj.__dict__.get(name, _MISSING)
+        setattr(obj, name, _Override(obj, name, fn, previous))
+
+        def restore() -> None:
+            if previous is _MISSING:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, previous)
+
+        self._removers.append(restore)
+
+    def add(self, handle: Any) -> None:
+        """Any handle with ``remove()`` (e.g. a tensor hook's), removed with the rest."""
+        self._removers.append(handle.remove)
+
+    def detach(self) -> None:
+        """Remove everything, last added first (idempotent)."""
+        removers, self._removers = self._removers, []
+        for remove in reversed(removers):
+            remove()

@@ -1,0 +1,172 @@
+"""What a session saves and how it is loaded: all or nothing, on the right layers.
+
+:func:`load` refuses a state saved with another method, feedback scale or storage of the feedback
+matrices, saying what differs. Layer names are matched to the model's: a state saved from the same
+model under a wrapper (``torch.compile``'s ``_orig_mod.``, DDP's ``module.``) is mapped onto it; any
+other difference is refused, naming the layers. A refused load leaves the session as it was.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .errors import OpzoError
+
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataParallel / DataParallel
+
+
+def session_state(session) -> dict:
+    return {
+        "method": session.config.method,
+        "config": session.config.as_dict(),
+        "layout": session.layout,
+        "epoch": session.epoch,
+        "steps": session.steps,
+        "feedback": session.method.state_dict(),
+        "igl_feedback": session.igl_method.state_dict() if session.igl_method else None,
+        "generators": {d: g.get_state() for d, g in session._generators.items()},
+        "noise": {n: r.noise.state_dict() for n, r in session.flow.neurons.items()} or (session._pending_state or {}),
+        "seed": session._seed,
+        "local": session.local_readouts.state_dict() if len(session.local_readouts) else None,
+    }
+
+
+def saved_layout(state: dict) -> Optional[str]:
+    """How a state's feedback matrices are stored; for states saved before this was recorded, what
+    the matrices show (None: float matrices, dense or one row per channel)."""
+    if state.get("layout"):
+        return state["layout"]
+    matrices = list((state.get("feedback") or {}).get("matrices", {}).values())
+    if any(isinstance(m, tuple) for m in matrices):
+        return "lowrank"
+    if any(m.dtype == torch.bfloat16 for m in matrices):
+        return "bf16"
+    return None
+
+
+def check_compatible(session, state: dict) -> None:
+    """Refuse a state the session cannot continue, saying which option to change."""
+    config = session.config
+    if state.get("method") != config.method:
+        raise OpzoError(
+            f"This session state was saved with method={state.get('method')!r}, but the session "
+            f"uses method={config.method!r}; open the session with the same method.")
+    saved_scale = state.get("config", {}).get("feedback_scale", "paper")  # older states: the paper's
+    if config.method == "opzo" and saved_scale != config.feedback_scale:
+        raise OpzoError(
+            f"This session state was saved with feedback_scale={saved_scale!r}, but the session uses "
+            f"feedback_scale={config.feedback_scale!r}: its M is on another scale. Open the session "
+            f"with feedback_scale={saved_scale!r} to resume it.")
+    saved, wanted = saved_layout(state), session.layout or config.feedback_matrix
+    if saved is None or not (state.get("feedback") or {}).get("matrices"):
+        return
+    if saved != wanted and not (wanted == "auto" and saved in ("dense", "channel")):
+        raise OpzoError(
+            f"This session state holds feedback matrices stored as feedback_matrix={saved!r}, but the session "
+            f"uses feedback_matrix={wanted!r}; open the session with feedback_matrix={saved!r} to resume it.")
+
+
+def _layer_names(state: dict) -> set[str]:
+    """The neuron names a state refers to."""
+    names = set(state.get("noise") or {})
+    for part in ("feedback", "igl_feedback"):
+        names |= {k.partition("@")[0] for k in ((state.get(part) or {}).get("matrices") or {})}
+    return names
+
+
+def _rename(state: dict, old: str, new: str) -> dict:
+    """``state`` with every layer name starting with ``old`` starting with ``new`` instead."""
+    def key(k):
+        return new + k[len(old):] if isinstance(k, str) and k.startswith(old) else k
+
+    def local_key(k):
+        o, n = old.replace(".", "_"), new.replace(".", "_")
+        return n + k[len(o):] if k.startswith(o) else k
+
+    out = dict(state)
+    for part in ("feedback", "igl_feedback"):
+        if state.get(part):
+            out[part] = {sub: ({key(k): v for k, v in val.items()} if isinstance(val, dict) and sub != "optimizer" else val)
+                         for sub, val in state[part].items()}
+    out["noise"] = {key(k): v for k, v in (state.get("noise") or {}).items()}
+    if state.get("local") is not None:
+        out["local"] = {local_key(k): v for k, v in state["local"].items()}
+    return out
+
+
+def match_layers(state: dict, neurons: list[str]) -> dict:
+    """``state`` with its layer names matched to the model's ``neurons``: as saved, or with a
+    wrapper's prefix removed or added; else an error naming the layers that differ."""
+    saved, wanted = _layer_names(state), set(neurons)
+    if not saved or saved <= wanted:
+        return state
+    for prefix in WRAPPER_PREFIXES:
+        if all(n.startswith(prefix) for n in saved) and {n[len(prefix):] for n in saved} <= wanted:
+            return _rename(state, prefix, "")
+        if {prefix + n for n in saved} <= wanted:
+            return _rename(state, "", prefix)
+    missing, unknown = sorted(wanted - saved), sorted(saved - wanted)
+    raise OpzoError(
+        f"This session state was saved for other layers: it has {unknown} that the model does not, and the model "
+        f"has {missing} that it lacks. Load it into the model it was saved from (a torch.compile'd or DDP-wrapped "
+        "copy is mapped automatically).")
+
+
+def load(session, state: dict) -> None:
+    """Load ``state`` into ``session``, all or nothing."""
+    check_compatible(session, state)
+    if session.topology is not None:
+        state = match_layers(state, session.topology.neurons)
+    backup = session_state(session), session._pending_state, session._unchecked
+    try:
+        _apply(session, state)
+    except BaseException:
+        _apply(session, backup[0])
+        session._pending_state, session._unchecked = backup[1], backup[2]
+        raise
+
+
+def _apply(session, state: dict) -> None:
+    session.epoch, session.steps, session._seed = state["epoch"], state["steps"], state["seed"]
+    session.method.load_state_dict(state["feedback"])
+    if session.igl_method is not None and state.get("igl_feedback") is not None:
+        session.igl_method.load_state_dict(state["igl_feedback"])
+    session._generators = {}  # a device without a saved state starts again from the seed
+    for device, rng in state["generators"].items():
+        session._generator(torch.device(device)).set_state(rng)
+    session._pending_state = state["noise"]
+    session._local_state = state.get("local")
+    session._unchecked = state if session.topology is None else None
+    if session.topology is not None:
+        load_noise(session)
+        session._init_matrices()
+        load_local(session)
+
+
+def adopt(session) -> None:
+    """At discovery: match a state loaded before the layers were known to the model's layers."""
+    state, session._unchecked = session._unchecked, None
+    if state is not None:
+        matched = match_layers(state, session.topology.neurons)
+        if matched is not state:
+            session.method.load_state_dict(matched["feedback"])
+            if session.igl_method is not None and matched.get("igl_feedback") is not None:
+                session.igl_method.load_state_dict(matched["igl_feedback"])
+            session._pending_state, session._local_state = matched["noise"], matched.get("local")
+
+
+def load_noise(session) -> None:
+    state: Optional[dict] = session._pending_state
+    if state is None or not session.flow.neurons:
+        return
+    for name, noise_state in state.items():
+        if name in session.flow.neurons:
+            session.flow.neurons[name].noise.load_state_dict(noise_state)
+    session._pending_state = None
+
+
+def load_local(session) -> None:
+    if session._local_state is not None and len(session.local_readouts):
+        session.local_readouts.load_state_dict(session._local_state)
+        session._local_state = None
