@@ -5,7 +5,14 @@
         ...  # your own training loop
 
 See :func:`train` and :class:`TrainConfig`.
+
+Importing this package needs only torch. The neurons come from snnTorch or SpikingJelly, each
+recognised when it is installed: ``pip install 'opzo_ext[snntorch]'`` or ``[spikingjelly]``;
+``[data]`` adds :mod:`opzo_ext.data`, ``[all]`` everything.
 """
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from . import diagnostics
 from .config import METHOD_NAMES, TrainConfig
 from .deploy import noisy
@@ -15,4 +22,8 @@ from .session import Session, train
 
 __all__ = ["diagnostics", "train", "Session", "TrainConfig", "METHOD_NAMES", "linear_alpha", "noisy",
            "OpzoError", "ConfigError", "UnsupportedModelError", "HealthWarning"]
-__version__ = "0.1.0"
+
+try:  # the version is written once, in pyproject.toml; installing puts it in the metadata
+    __version__ = _version("opzo_ext")
+except _PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"

@@ -21,9 +21,10 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from . import models
+from . import models  # needs opzo_ext[spikingjelly], and says so
+from ._optional import require
 from .config import FEEDBACK_MATRICES, METHOD_NAMES
-from .data import get_dataset
+from .data import get_dataset  # needs opzo_ext[data], and says so
 from .errors import OpzoError
 from .losses import instantaneous_loss
 from .noise import linear_alpha
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _train_epoch(model, session, optimizer, loader, preset: Preset, args, epoch: int) -> dict:
-    from tqdm import tqdm
+    tqdm = require("tqdm", "opzo-train").tqdm
 
     model.train()
     started = time.perf_counter()

@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from spikingjelly.activation_based import functional
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from . import diagnostics
-from .data import get_dataset
+from ._optional import require
+from .data import get_dataset  # needs opzo_ext[data], and says so
 from .losses import instantaneous_loss
-from .models import fc_2x800, small_conv
+from .models import fc_2x800, small_conv  # needs opzo_ext[spikingjelly], and says so
 from .noise import linear_alpha
 from .session import train as opzo_train
+
+functional = require("spikingjelly.activation_based.functional", "opzo-report")
+tqdm = require("tqdm", "opzo-report").tqdm
 
 PAPER_TABLE1 = {"bp": 98.38, "opzo": 98.34, "dfa": 98.05, "dkp": 98.15, "zo": 86.53}
 PAPER_TABLE7 = {"bp": 0.1734, "opzo": 0.2229, "dfa": 0.2759}  # total firing rate, conv5 on CIFAR-10

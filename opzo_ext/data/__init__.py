@@ -19,6 +19,13 @@ internet access ``download=True`` takes the usual code path; a missing data
 set raises :class:`DatasetNotFoundError` saying where its files go.
 """
 
+from .._optional import check, require
+
+require("numpy", "opzo_ext.data")
+# torchvision is imported by each loader when it runs; look for it now so that a missing one is
+# named on import rather than in the middle of a training script.
+check("torchvision", "opzo_ext.data")
+
 from ._common import DatasetNotFoundError
 from .fashion_mnist import (
     FASHION_MNIST_MEAN,

@@ -38,8 +38,8 @@ Where the files go (tonic 1.7), ``<root>`` being the ``root`` argument:
   ``<root>/DVSGesture/ibmGestureTrain/user<NN>_<lighting>/<label>.npy`` (same for Test).
 * CIFAR10-DVS (tonic's AEDAT4 copy): ``<root>/CIFAR10DVS/CIFAR10DVS.zip``
   and extracted ``<root>/CIFAR10DVS/<class>/*.aedat4`` (``airplane`` ...
-  ``truck``).  Reading them needs the package ``aedat`` (``pip install
-  aedat``), which tonic does not install.
+  ``truck``).  Reading them needs the package ``aedat``, which tonic does not
+  install (``opzo_ext[data]`` does).
 
 tonic decides that a data set is present when the archive file exists (its
 checksum is not verified) and enough extracted files are found (10000 .bin,
@@ -63,6 +63,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .._optional import require
 from ._common import DatasetNotFoundError, PathLike, expand_root
 
 _PAPER = "paper"
@@ -112,6 +113,7 @@ class EventFrames:
         self.binary = bool(binary)
 
     def _to_frame(self):
+        require("tonic", "EventFrames (event binning)")
         from tonic.transforms import ToFrame
 
         if self.split_by == "time_window":
@@ -403,6 +405,7 @@ def load_nmnist(
 
     ``transform=None`` gives tonic's raw events.  See the module doc for the file layout.
     """
+    require("tonic", "load_nmnist (N-MNIST)")
     from tonic.datasets import NMNIST
 
     _check_transform(transform, cache_dir)
@@ -432,6 +435,7 @@ def load_dvs_gesture(
 
     Samples are listed in natural path order.  See the module doc for the file layout.
     """
+    require("tonic", "load_dvs_gesture (DVS-Gesture)")
     from tonic.datasets import DVSGesture
 
     _check_transform(transform, cache_dir)
@@ -450,13 +454,8 @@ def load_dvs_gesture(
 
 
 def _require_aedat() -> None:
-    try:
-        import aedat  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(
-            "tonic reads CIFAR10-DVS's .aedat4 recordings with the package `aedat`, which tonic does "
-            "not install: pip install aedat"
-        ) from exc
+    require("aedat", "load_cifar10_dvs (tonic reads the .aedat4 recordings with aedat, which tonic does "
+                     "not install)")
 
 
 def cifar10_dvs_split(targets: Sequence[int], train: bool, split_ratio: float = 0.9) -> List[int]:
@@ -520,6 +519,8 @@ def load_cifar10_dvs(
     ``<root>/CIFAR10DVS/opzo_frame_stats_<tag>.json`` for the next time.
     """
     from torch.utils.data import Subset
+
+    require("tonic", "load_cifar10_dvs (CIFAR10-DVS)")
     from tonic.datasets import CIFAR10DVS
 
     _check_transform(transform, cache_dir)

@@ -8,6 +8,10 @@ as to a user's own model; nothing here knows about the training session).
 * :func:`load_ottt_checkpoint`, :func:`load_state_dict_report`: load OTTT / SpikingJelly weights
   with a report of missing, unexpected and mismatched entries
 """
+from .._optional import require
+
+require("spikingjelly", "opzo_ext.models (the paper's networks, built from SpikingJelly modules)")
+
 from .checkpoints import CheckpointError, LoadReport, load_ottt_checkpoint, load_state_dict_report
 from .common import Scale, lif
 from .conv import conv5, conv9, small_conv, spiking_convnet
