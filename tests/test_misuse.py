@@ -1,0 +1,209 @@
+"""A session that cannot be misused: re-opening, forgetting ``with``, loading the wrong state, the
+user's optimizer, copies of the model, and inputs the methods cannot handle. Each case here failed
+(silently or with an unrelated error) before the session guarded against it."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from torch import nn
+
+import opzo_ext as opzo
+
+T, B = 3, 4
+
+
+def net_fc(seed: int = 0, hidden: int = 12) -> nn.Sequential:
+    torch.manual_seed(seed)
+    sg = surrogate.Sigmoid(alpha=4.0)
+    net = nn.Sequential(layer.Linear(6, hidden), neuron.LIFNode(surrogate_function=sg, v_threshold=0.5),
+                        layer.Linear(hidden, 8), neuron.LIFNode(surrogate_function=sg, v_threshold=0.5),
+                        layer.Linear(8, 4))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(3)
+    return net
+
+
+def batches(n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(T, B, 6, generator=g) * 3, torch.randint(0, 4, (B,), generator=g)) for _ in range(n)]
+
+
+def train_batch(net, x, y, session=None, optimizer=None):
+    for t in range(T):
+        loss = F.cross_entropy(net(x[t]), y)
+        if session is not None and (session.config.local or session.config.igl):
+            loss = loss + session.local_loss(y)
+        loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad()
+    functional.reset_net(net)
+
+
+def grads(net):
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+# ------------------------------------------------------------------ re-opening
+@pytest.mark.parametrize("how", ["with", "open"])
+def test_a_reopened_session_trains_exactly_as_one_left_open(how):
+    data = batches(2)
+    net_a, net_b = net_fc(), net_fc()
+    continuous = opzo.train(net_a, method="opzo", seed=3, momentum=0.9)
+    with continuous:
+        for x, y in data:
+            train_batch(net_a, x, y)
+    reopened = opzo.train(net_b, method="opzo", seed=3, momentum=0.9)
+    for x, y in data:
+        if how == "with":
+            with reopened:
+                train_batch(net_b, x, y)
+        else:
+            reopened.open()
+            train_batch(net_b, x, y)
+            reopened.close()
+    assert reopened.steps == continuous.steps == 2 * T
+    for (name, g_a), g_b in zip(grads(net_a).items(), grads(net_b).values()):
+        assert torch.equal(g_a, g_b), name
+    for name in continuous.feedback:
+        assert torch.equal(continuous.feedback[name], reopened.feedback[name]), name
+
+
+def test_opening_an_open_session_is_refused():
+    net = net_fc()
+    with opzo.train(net) as session:
+        with pytest.raises(opzo.OpzoError, match="already open"):
+            session.open()
+
+
+# ------------------------------------------------------------------ forgetting the with
+def test_a_session_used_without_with_explains_itself():
+    net = net_fc()
+    session = opzo.train(net, method="opzo")
+    x, y = batches(1)[0]
+    with pytest.warns(UserWarning, match=r"not open.*with opzo.train"):
+        F.cross_entropy(net(x[0]), y).backward()
+    functional.reset_net(net)
+    session.open()  # once opened, the explanation is gone from the model
+    session.close()
+    assert not net._forward_pre_hooks
+
+
+# ------------------------------------------------------------------ loading
+def _trained_state(net, **options):
+    with opzo.train(net, method="opzo", seed=3, momentum=0.9, **options) as session:
+        for x, y in batches(2):
+            train_batch(net, x, y)
+        return session.state_dict(), {k: v.clone() for k, v in session.feedback.items()}
+
+
+def _prefixed(state: dict, prefix: str) -> dict:
+    """The state a session on ``torch.compile(net)`` saves: every layer name under ``prefix``."""
+    out = dict(state)
+    out["feedback"] = {sub: ({prefix + k: v for k, v in val.items()} if isinstance(val, dict) else val)
+                       for sub, val in state["feedback"].items()}
+    out["noise"] = {prefix + k: v for k, v in state["noise"].items()}
+    return out
+
+
+@pytest.mark.parametrize("discovered", [True, False])
+def test_a_state_saved_under_torch_compile_names_maps_onto_the_model(discovered):
+    state, _ = _trained_state(net_fc())
+    x = batches(1)[0][0]
+    results = []
+    for saved in (state, _prefixed(state, "_orig_mod.")):
+        net = net_fc()
+        with opzo.train(net, method="opzo", seed=3, momentum=0.9, example_input=x[0] if discovered else None) as s:
+            s.load_state_dict(saved)
+            train_batch(net, *batches(1, seed=9)[0])  # discovery (if not yet) and one more batch
+            results.append((s.steps, {k: v.clone() for k, v in s.feedback.items()}, grads(net)))
+    (steps, feedback, g), (steps_mapped, feedback_mapped, g_mapped) = results
+    assert steps == steps_mapped == 3 * T
+    for name in feedback:
+        assert torch.equal(feedback[name], feedback_mapped[name]), name  # M continued under the model's names
+    for name in g:
+        assert torch.equal(g[name], g_mapped[name]), name
+
+
+def test_a_state_of_other_layers_is_refused_naming_them_and_changes_nothing():
+    state, _ = _trained_state(net_fc())
+    state = _prefixed(state, "encoder.")
+    net = net_fc()
+    with opzo.train(net, method="opzo", seed=3, momentum=0.9, example_input=batches(1)[0][0][0]) as s:
+        train_batch(net, *batches(1)[0])
+        before = copy.deepcopy(s.state_dict())
+        with pytest.raises(opzo.OpzoError, match=r"encoder\.1.*model does not"):
+            s.load_state_dict(state)
+        after = s.state_dict()
+        assert after["steps"] == before["steps"] == T
+        for name, m in before["feedback"]["matrices"].items():
+            assert torch.equal(after["feedback"]["matrices"][name], m)
+
+
+def test_a_refused_load_leaves_the_session_as_it_was():
+    state, _ = _trained_state(net_fc(hidden=20))  # another layer size: M of another shape
+    net = net_fc()
+    with opzo.train(net, method="opzo", seed=3, momentum=0.9) as s:
+        train_batch(net, *batches(1)[0])
+        before = copy.deepcopy(s.state_dict())
+        with pytest.raises(opzo.OpzoError, match="has shape"):
+            s.load_state_dict(state)
+        after = s.state_dict()
+        assert (after["steps"], after["epoch"], after["seed"]) == (before["steps"], before["epoch"], before["seed"])
+        for name, m in before["feedback"]["matrices"].items():
+            assert torch.equal(after["feedback"]["matrices"][name], m)
+        for device, rng in before["generators"].items():
+            assert torch.equal(after["generators"][device], rng)
+
+
+def test_a_state_of_another_storage_is_refused_saying_which():
+    state, _ = _trained_state(net_fc(), feedback_matrix="lowrank", feedback_rank=2)
+    with opzo.train(net_fc(), method="opzo", feedback_matrix="dense") as s:
+        with pytest.raises(opzo.OpzoError, match="feedback_matrix='lowrank'"):
+            s.load_state_dict(state)
+
+
+# ------------------------------------------------------------------ the user's optimizer
+def test_local_readouts_leave_the_optimizer_when_the_session_closes():
+    net = net_fc()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(5):
+        with opzo.train(net, method="opzo", local=0.1, optimizer=optimizer, seed=0) as s:
+            train_batch(net, *batches(1)[0], session=s, optimizer=optimizer)
+            assert len(optimizer.param_groups) == 2
+        assert len(optimizer.param_groups) == 1
+    fresh = torch.optim.Adam(net.parameters(), lr=1e-3)
+    fresh.load_state_dict(optimizer.state_dict())  # the optimizer of the model alone
+
+
+# ------------------------------------------------------------------ copies of the model
+def test_copies_of_the_model_inside_a_session_are_plain_models():
+    net = net_fc()
+    x, y = batches(1)[0]
+    with opzo.train(net, method="opzo", seed=0) as s:
+        train_batch(net, x, y)
+        steps = s.steps
+        twin = copy.deepcopy(net)
+        ema = torch.optim.swa_utils.AveragedModel(net)
+        buffer = io.BytesIO()
+        torch.save(net, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        plain = net_fc()
+        plain.load_state_dict(net.state_dict())
+        for copied in (twin, ema.module, loaded):
+            functional.reset_net(copied)
+            out = torch.stack([copied(x[t]) for t in range(T)])
+            functional.reset_net(plain)
+            want = torch.stack([plain(x[t]) for t in range(T)])
+            assert torch.equal(out, want)
+            out.sum().backward()  # BPTT through the copy: nothing of the session is in it
+        ema.update_parameters(net)
+        assert s.steps == steps  # the copies never touched the session
