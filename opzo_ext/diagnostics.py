@@ -136,8 +136,8 @@ def gradient_alignment(session, run_batch: Callable[[], None]) -> dict[str, floa
     ``run_batch()`` runs the user's forward and backward passes over whole sequences (it starts
     with the network's reset, so traces start afresh). It runs twice: once for real, then with the
     session state (M, noise generators, counters) and torch's RNG rewound and spatial BP through
-    the same perturbed forward. Afterwards gradients, session state and RNG are as after the real
-    pass alone: training is not disturbed. The optimizer step is the caller's.
+    the same perturbed forward. Afterwards gradients, buffers (BatchNorm statistics), session state
+    and RNG are as after the real pass alone: training is not disturbed. The optimizer step is the caller's.
     """
     if session.topology is None:
         raise OpzoError("gradient_alignment needs a session that has seen the model: call it after the "
@@ -151,6 +151,7 @@ def gradient_alignment(session, run_batch: Callable[[], None]) -> dict[str, floa
     run_batch()
     by_method = [None if p.grad is None else p.grad.clone() for p in params]
     state_after, rng_after = _clone(session.state_dict()), _rng_state()
+    buffers_after = [b.clone() for b in model.buffers()]  # BatchNorm statistics of the real pass
 
     session.load_state_dict(state)
     _set_rng_state(rng)
@@ -166,6 +167,9 @@ def gradient_alignment(session, run_batch: Callable[[], None]) -> dict[str, floa
 
     session.load_state_dict(state_after)
     _set_rng_state(rng_after)
+    with torch.no_grad():
+        for b, saved in zip(model.buffers(), buffers_after):
+            b.copy_(saved)
     for p, g0, g in zip(params, before, by_method):
         p.grad = g if g0 is None else (g0 if g is None else g0 + g)
     cosines = {}

@@ -12,6 +12,8 @@ wraps, so the session starts them from rank 0's weights and averages their gradi
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.distributed as dist
 
@@ -79,3 +81,20 @@ def share_parameters(params) -> None:
         with torch.no_grad():
             dist.broadcast(p.data, src=0)
         p.register_post_accumulate_grad_hook(average)
+
+
+def in_uneven_inputs_join(depth: int = 16) -> bool:
+    """Whether the current forward runs under ``DistributedDataParallel.join()`` (uneven inputs):
+    the DDP wrapper calling the model is found among the calling frames, and its join is enabled."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        wrapper = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if isinstance(wrapper, DistributedDataParallel):
+            config = getattr(wrapper, "_join_config", None)
+            return bool(config is not None and config.enable)
+        frame = frame.f_back
+    return False

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .errors import OpzoError
-from .feedback import TapCall, method_class, tap
+from .feedback import TapCall, TapToken, method_class, tap
 
 
 class Extension:
@@ -95,6 +95,7 @@ class Lags(Extension):
     def __init__(self, session):
         super().__init__(session)
         self.history: dict[str, list[tuple[torch.Tensor, Optional[torch.Tensor]]]] = {}
+        self.tokens: list[TapToken] = []  # the Taps of this sequence
 
     def on_neuron_output(self, rec, output, step):
         if step is None:
@@ -103,10 +104,16 @@ class Lags(Extension):
             raise OpzoError(f"lags=True needs single-step calls; '{rec.name}' ran {rec.steps} steps in one "
                             "call. Use step_mode 's' and a loop over time.")
         if rec.fresh:
-            self.history[rec.name] = []
+            self.history[rec.name], self.tokens = [], []
         self.history.setdefault(rec.name, []).append((step.spike, step.z))
 
     def on_readout(self, flow, o, layers, pre):
+        if any(token.done for token in self.tokens):
+            raise OpzoError(
+                "lags=True feeds the output of every step back to the spikes of all earlier steps of the "
+                "sequence, so it needs one backward per sequence, after the time loop (sum the losses of the "
+                "steps, then call backward() once); a backward per step needs lags=False. If a new sequence started, reset the network first "
+                "(functional.reset_net, snntorch.utils.reset or session.reset()).")
         entries, spikes, z = [], [], []
         for name in layers:
             flow.pending.pop(name)
@@ -119,7 +126,19 @@ class Lags(Extension):
         call = TapCall(method, tuple(entries), self.session.alpha, 1, pre.batch if pre is not None else o.shape[0])
         call = TapCall(method, call.layers, call.alpha, 1, call.batch, z=tuple(call.as_steps(t) for t in z))
         ctx = method.step(call, call.as_steps(o.detach()))
-        return tap(o, TapCall(method, call.layers, call.alpha, 1, call.batch, ctx=ctx), spikes)
+        self.tokens.append(TapToken())
+        return tap(o, TapCall(method, call.layers, call.alpha, 1, call.batch, ctx=ctx), spikes, self.tokens[-1])
+
+
+def readout_loss(outputs: dict[str, list], target: torch.Tensor, loss_fn) -> torch.Tensor:
+    """``sum scale * loss_fn(r_t, target)`` over the recorded readout outputs ``(r, steps, scale)``
+    and their time steps ``t``."""
+    total = 0.0
+    for recorded in outputs.values():
+        for r, steps, scale in recorded:
+            for r_t in r.reshape(steps, -1, r.shape[-1]):
+                total = total + scale * loss_fn(r_t, target)
+    return total
 
 
 def extensions_for(session) -> list[Extension]:

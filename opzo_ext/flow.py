@@ -147,4 +147,4 @@ class StepFlow:
         call = replace(call, z=tuple(None if r.z is None else call.as_steps(r.z) for r in records),
                        activity=tuple(None if r.activity is None else call.as_steps(r.activity) for r in records))
         ctx = method.step(call, call.as_steps(o.detach()), self.live.all_done())
-        return tap(o, replace(call, z=(), activity=(), ctx=ctx), [r.spike for r in records], self.live)
+        return tap(o, replace(call, z=(), activity=(), ctx=ctx), [r.spike for r in records], self.live.token())

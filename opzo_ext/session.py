@@ -8,23 +8,23 @@ everything that must survive a restart (:meth:`Session.state_dict`, :mod:`opzo_e
 """
 from __future__ import annotations
 
-import warnings
 import weakref
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from . import guards
 from . import health as _health
 from . import resume
 from . import summary as _summary
 from .adapters import check_model, find_adapter
-from .attachment import Attachment, _Hook
+from .attachment import Attachment
 from .config import TrainConfig
 from .discovery import Topology, discover
 from .distributed import share_parameters, shared_seed, world
 from .errors import OpzoError
-from .extensions import IntermediateReadout, extensions_for
+from .extensions import IntermediateReadout, extensions_for, readout_loss
 from .feedback import method_class
 from .feedback.sizing import channel_groups, init_matrices, layer_shapes
 from .flow import NeuronState, StepFlow
@@ -58,7 +58,7 @@ class Session:
         self.model, self.config = model, config
         self._example_input = example_input
         self._optimizer = optimizer
-        self._optimizer_state: dict = {}  # the local readouts' optimizer state while the session is closed
+        self._group = guards.OptimizerGroup(optimizer)  # the local readouts in the user's optimizer
         self.local_readouts = nn.ModuleDict()  # local learning, intermediate readout
         self.local_outputs: dict[str, list] = {}  # readout outputs since the last local_loss
         self.epoch, self.steps = 0, 0
@@ -78,7 +78,7 @@ class Session:
         self._unchecked: Optional[dict] = None  # a state loaded before the layers were known
         self._open = False
         self._warned_eval = False
-        self._unopened = _forgotten_with_sentinel(self)
+        self._unopened = guards.forgotten_with(self)
 
     # ----------------------------------------------------------------- public API
     @property
@@ -147,12 +147,7 @@ class Session:
         if not (self.config.local or self.config.igl):
             raise OpzoError("session.local_loss needs local learning or an intermediate readout: open the "
                             "session with local=0.01 (or True) or igl='<layer name>'.")
-        loss_fn = loss_fn or torch.nn.functional.cross_entropy
-        total = 0.0
-        for outputs in self.local_outputs.values():
-            for r, steps, scale in outputs:
-                for r_t in r.reshape(steps, -1, r.shape[-1]):
-                    total = total + scale * loss_fn(r_t, target)
+        total = readout_loss(self.local_outputs, target, loss_fn or torch.nn.functional.cross_entropy)
         self.local_outputs.clear()
         return total
 
@@ -200,7 +195,7 @@ class Session:
             self._open = False
             _ACTIVE.discard(self.model)
             self.method.close()
-            self._leave_optimizer()
+            self._group.leave()
 
     # ------------------------------------------------------------ attaching
     def active(self, module: nn.Module) -> bool:
@@ -209,15 +204,14 @@ class Session:
 
     def _root_pre(self, model, args, kwargs):
         self.flow.pending.clear()
-        if self.topology is None and self.active(model):
-            self._discover(args, kwargs)
+        if self.active(model):
+            guards.check_input(model, args, kwargs)
+            guards.check_join(self)
+            if self.topology is None:
+                self._discover(args, kwargs)
         elif not model.training and torch.is_grad_enabled() and not self._warned_eval:
             self._warned_eval = True
-            warnings.warn(
-                f"{type(model).__name__} runs in eval mode with gradients enabled inside an opzo_ext "
-                "session: the session is inactive (no noise, no feedback, no state detaching), so a "
-                "backward() here is plain BPTT. Call model.train() before training steps, or wrap "
-                "evaluation in torch.no_grad().", stacklevel=3)
+            guards.warn_eval(model)
         return None
 
     def _discover(self, args: tuple, kwargs: dict) -> None:
@@ -285,7 +279,7 @@ class Session:
                              if self.active(m) else None)
         for handle in self.health.attach():
             attach.add(handle)
-        self._join_optimizer()
+        self._group.join(self.local_readouts.parameters())
 
     def _when_active(self, fn, rec: NeuronState):
         return lambda module, *rest: fn(rec, *rest) if self.active(module) else None
@@ -296,23 +290,6 @@ class Session:
             return 0.0
         return self.config.trace_lambda if self.config.trace_lambda is not None else rec.adapter.leak(rec.module)
 
-    def _join_optimizer(self) -> None:
-        """The local readouts become a parameter group of the user's optimizer while the session is open."""
-        if self._optimizer is None or not len(self.local_readouts):
-            return
-        params = list(self.local_readouts.parameters())
-        self._optimizer.add_param_group({"params": params})
-        self._optimizer.state.update(self._optimizer_state)
-
-    def _leave_optimizer(self) -> None:
-        if self._optimizer is None or not len(self.local_readouts):
-            return
-        ours = {id(p) for p in self.local_readouts.parameters()}
-        groups = self._optimizer.param_groups
-        groups[:] = [g for g in groups if not any(id(p) in ours for p in g["params"])]
-        self._optimizer_state = {p: self._optimizer.state.pop(p) for p in self.local_readouts.parameters()
-                                 if p in self._optimizer.state}
-
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
         gen = self._generators.get(key)
@@ -320,26 +297,6 @@ class Session:
             gen = self._generators[key] = torch.Generator(device=device)
             gen.manual_seed(self._seed)
         return gen
-
-
-def _forgotten_with_sentinel(session: Session):
-    """A hook that explains a session created but never opened (``opzo.train(model)`` without ``with``)."""
-    ref, warned = weakref.ref(session), []
-
-    def hook(model, args):
-        s = ref()
-        if s is not None and not s._open and s.active(model) and not warned:
-            warned.append(True)
-            warnings.warn(
-                f"opzo.train() created a session on {type(model).__name__} that is not open, so this "
-                "training step is plain BPTT (and a second backward() fails with 'backward through the graph "
-                "a second time'). Train inside `with opzo.train(model, ...) as session:`, or call "
-                "session.open() first (and session.close() after).", stacklevel=3)
-        return None
-
-    handle = session.model.register_forward_pre_hook(_Hook(hook))
-    weakref.finalize(session, handle.remove)
-    return handle
 
 
 def train(model: nn.Module, method: str = "opzo", *, config: Optional[TrainConfig] = None,

@@ -207,3 +207,100 @@ def test_copies_of_the_model_inside_a_session_are_plain_models():
             out.sum().backward()  # BPTT through the copy: nothing of the session is in it
         ema.update_parameters(net)
         assert s.steps == steps  # the copies never touched the session
+
+
+# ------------------------------------------------------------------ inputs the methods cannot handle
+@pytest.mark.parametrize("dtype, options", [
+    (torch.float64, dict(method="opzo", feedback_matrix="bf16")),
+    (torch.float16, dict(method="opzo", feedback_matrix="lowrank", feedback_rank=2)),
+    (torch.bfloat16, dict(method="opzo", feedback_matrix="lowrank", feedback_rank=2)),
+    (torch.float16, dict(method="dkp")),
+])
+def test_storage_and_precision_combinations_train_to_finite_values(dtype, options):
+    net = net_fc().to(dtype)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    with opzo.train(net, seed=0, momentum=0.9, **options) as s:
+        for x, y in batches(3):
+            train_batch(net, x.to(dtype), y, optimizer=optimizer)
+        feedback = s.feedback
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert feedback and all(torch.isfinite(m).all() and m.abs().sum() > 0 for m in feedback.values())
+
+
+def test_an_empty_batch_is_refused_clearly():
+    net = net_fc()
+    with opzo.train(net) as s:
+        x, y = batches(1)[0]
+        with pytest.raises(opzo.OpzoError, match="empty input of shape \\(0, 6\\).*drop_last"):
+            net(x[0, :0])
+        train_batch(net, x, y)  # the session goes on
+        assert s.steps == T
+
+
+def test_lags_with_a_backward_per_step_is_refused_clearly():
+    net = net_fc()
+    with opzo.train(net, method="opzo", lags=True) as s:
+        x, y = batches(1)[0]
+        F.cross_entropy(net(x[0]), y).backward()
+        with pytest.raises(opzo.OpzoError, match="lags=True.*one backward per sequence"):
+            net(x[1])
+        functional.reset_net(net)
+        before = {k: v.clone() for k, v in s.feedback.items()}
+        total = sum(F.cross_entropy(net(x[t]), y) for t in range(T))  # as lags=True needs it
+        total.backward()
+        assert all(not torch.equal(before[k], s.feedback[k]) for k in before)  # trains on
+
+
+def test_gradient_alignment_keeps_batchnorm_statistics_of_the_real_pass():
+    def conv_bn():
+        torch.manual_seed(0)
+        net = nn.Sequential(layer.Conv2d(1, 3, 3, padding=1), layer.BatchNorm2d(3),
+                            neuron.IFNode(surrogate_function=surrogate.ATan()), layer.Flatten(),
+                            layer.Linear(3 * 4 * 4, 4))
+        return net
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(T, B, 1, 4, 4, generator=g) * 3, torch.randint(0, 4, (B,), generator=g)
+    stats = []
+    for measure in (False, True):
+        net = conv_bn()
+        with opzo.train(net, method="opzo", seed=0, example_input=x[0]) as s:
+            def run_batch():
+                functional.reset_net(net)
+                for t in range(T):
+                    F.cross_entropy(net(x[t]), y).backward()
+            if measure:
+                opzo.diagnostics.gradient_alignment(s, run_batch)
+            else:
+                run_batch()
+        stats.append({k: v.clone() for k, v in net.state_dict().items() if "running" in k or "tracked" in k})
+    for k in stats[0]:
+        assert torch.equal(stats[0][k], stats[1][k]), k
+
+
+# ------------------------------------------------------------------ DistributedDataParallel.join
+def _join_worker(rank, init_file, out_file):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    net = net_fc()
+    model = DistributedDataParallel(net)
+    message = ""
+    try:
+        with opzo.train(net, method="opzo", seed=0), model.join():
+            for x, y in batches(2 + rank):  # uneven: rank 1 has one batch more
+                train_batch(model, x, y)
+    except opzo.OpzoError as exc:
+        message = str(exc)
+    dist.barrier()  # DDP's forward under join() started an all-reduce it does not wait for
+    torch.save(message, f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_ddp_join_is_refused_up_front_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_join_worker, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert "join() (uneven inputs) cannot run a method='opzo'" in torch.load(tmp_path / f"out.{rank}")

@@ -1,7 +1,7 @@
 """Credit-assignment methods: one module each. ``METHODS`` maps ``method=`` names to classes;
 :func:`method_class` picks the variant a configuration asks for (lags, M storage)."""
 from .base import Feedback
-from .tap import LiveTaps, Tap, TapCall, tap
+from .tap import LiveTaps, Tap, TapCall, TapToken, tap
 from .bp import BP
 from .dfa import DFA
 from .dkp import DKP
@@ -23,5 +23,5 @@ def method_class(config) -> type[Feedback]:
     return METHODS[config.method]
 
 
-__all__ = ["Feedback", "Tap", "TapCall", "LiveTaps", "tap", "METHODS", "method_class", "LossRecorder", "BP", "OPZO", "OPZOBf16",
+__all__ = ["Feedback", "Tap", "TapCall", "LiveTaps", "TapToken", "tap", "METHODS", "method_class", "LossRecorder", "BP", "OPZO", "OPZOBf16",
            "OPZOLowRank", "LaggedOPZO", "DFA", "DKP", "ZO"]

@@ -49,6 +49,10 @@ class Feedback:
         """Convolutional layers may share one matrix row per channel (``feedback_matrix="channel"``)."""
         return False
 
+    def exchanges_per_step(self) -> bool:
+        """With several processes, every step runs collectives (all ranks must take part)."""
+        return False
+
     def open(self) -> None:
         """The session opens (attach what the method needs outside the model)."""
 
@@ -60,9 +64,13 @@ class Feedback:
         """The initial feedback matrix ``[n_l, m]`` of a layer (None: the method has none)."""
         return None
 
+    def storage_dtype(self, like: torch.Tensor) -> torch.dtype:
+        """The dtype of the stored matrices for a model computing in ``like.dtype``."""
+        return self.dtype or like.dtype
+
     def entry_size(self, like: torch.Tensor) -> int:
-        """Bytes of one stored entry (``dtype``'s, else those of the model's ``like``)."""
-        return self.dtype.itemsize if self.dtype else like.element_size()
+        """Bytes of one stored entry."""
+        return self.storage_dtype(like).itemsize
 
     def matrix_bytes(self, shape: tuple[int, int], like: torch.Tensor) -> int:
         """Bytes of the feedback matrix of a layer of shape ``[n_l, m]``, before allocating it."""
@@ -107,7 +115,7 @@ class Feedback:
                 f"{tuple(shape)} ([neurons, outputs]): the loaded session state was made for another "
                 "model or input size."
             )
-        dtype = self.dtype or like.dtype
+        dtype = self.storage_dtype(like)
         if m.device != like.device or m.dtype != dtype:
             m = self.matrices[name] = m.to(like.device, dtype)
         return m

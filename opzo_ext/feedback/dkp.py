@@ -30,8 +30,15 @@ class DKP(Feedback):
     def activity_trace(self, lam):
         return TraceState(lam)
 
+    def exchanges_per_step(self) -> bool:
+        return True
+
+    def storage_dtype(self, like):
+        """float32 for half-precision models: Adam's eps underflows in float16."""
+        return torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+
     def new_matrix(self, shape, like):
-        return like.new_zeros(shape)
+        return like.new_zeros(shape, dtype=self.storage_dtype(like))
 
     def init_matrices(self, shapes, like):
         super().init_matrices(shapes, like)
@@ -46,11 +53,12 @@ class DKP(Feedback):
 
     def signal(self, call, e):
         matrices, activity = call.ctx
-        signals = matrix_signal(matrices, e)
+        e_b = e.to(matrices[0][0].dtype) if matrices else e  # B's dtype (float32 for half models)
+        signals = [g.to(e.dtype) for g in matrix_signal(matrices, e_b)]
         with torch.no_grad():
             for name, a in zip(call.layers, activity):
                 b = self.matrices[name]
-                grad = all_reduce_sum(torch.einsum("tbn,tbm->nm", a, e))
+                grad = all_reduce_sum(torch.einsum("tbn,tbm->nm", a.to(e_b.dtype), e_b))
                 b.grad = grad if b.grad is None else b.grad.add_(grad)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -39,6 +39,9 @@ class OPZO(Feedback):
     def can_share_rows(self) -> bool:
         return True
 
+    def exchanges_per_step(self) -> bool:
+        return True
+
     def new_matrix(self, shape, like):
         return like.new_zeros(shape[::-1], dtype=self.dtype or like.dtype).t()  # stored as M^T [m, n_l]: both products run row-major
 

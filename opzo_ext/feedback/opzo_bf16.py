@@ -42,7 +42,7 @@ class OPZOBf16(OPZO):
         rows = max(1, BLOCK // max(1, mt.shape[1]))
         generator = self.generator_for(mt.device)
         for i in range(0, mt.shape[0], rows):  # blocks of output rows, not a loop over neurons
-            term = o_t[:, i:i + rows].t() @ z_t.float()
+            term = o_t[:, i:i + rows].t().float() @ z_t.float()
             if reduce:
                 all_reduce_sum(term)
             block = term.mul_(scale).add_(mt[i:i + rows].float(), alpha=lam)

@@ -31,9 +31,14 @@ class OPZOLowRank(OPZO):
     def rank(self) -> int:
         return self.config.feedback_rank
 
+    def storage_dtype(self, like):
+        """float32 for half-precision models: PyTorch has no QR in float16 or bfloat16."""
+        return torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+
     def new_matrix(self, shape, like):
         n, m = shape
-        return like.new_zeros(n, 0), like.new_zeros(m, 0)  # M = 0: rank 0
+        dtype = self.storage_dtype(like)
+        return like.new_zeros(n, 0, dtype=dtype), like.new_zeros(m, 0, dtype=dtype)  # M = 0: rank 0
 
     def matrix_bytes(self, shape, like):
         n, m = shape
@@ -52,13 +57,14 @@ class OPZOLowRank(OPZO):
                 f"The low-rank feedback factors of layer '{name}' are for a [{a.shape[0]}, {b.shape[0]}] matrix "
                 f"but the layer needs {tuple(shape)} ([neurons, outputs]): the loaded session state was made "
                 "for another model or input size.")
-        factors = self.matrices[name] = (a.to(like), b.to(like))
+        dtype = self.storage_dtype(like)
+        factors = self.matrices[name] = (a.to(like.device, dtype), b.to(like.device, dtype))
         return factors
 
     def truncate(self, factors: Factors, o_t: torch.Tensor, z_t: torch.Tensor, lam: float, scale: float) -> Factors:
         """The rank-``r`` factors of ``lam A B^T + scale z^T o~`` (``o_t`` [B, m], ``z_t`` [B, n_l])."""
         a, b = factors
-        q, r = torch.linalg.qr(torch.cat([b, o_t.t()], 1))  # [m, q], [q, k + B]
+        q, r = torch.linalg.qr(torch.cat([b, o_t.t().to(b.dtype)], 1))  # [m, q], [q, k + B]
         k = a.shape[1]  # G = lam A R[:, :k]^T + scale z^T R[:, k:]^T, without concatenating [n_l, k + B]
         g = torch.mm(a, r[:, :k].t()).mul_(lam).addmm_(z_t.t().to(a.dtype), r[:, k:].t(), alpha=scale)
         if q.shape[1] <= self.rank:
@@ -92,10 +98,11 @@ class OPZOLowRank(OPZO):
     def signal(self, call, e):
         out = []
         for hist, gains in zip(*call.ctx):
+            e_f = e.to(hist[0][0].dtype)  # the factors' dtype (float32 for half models)
             if len(hist) == 1:
                 a, b = hist[0]
-                g = (e @ b) @ a.t()
+                g = (e_f @ b) @ a.t()
             else:
-                g = torch.stack([(e[t] @ b) @ a.t() for t, (a, b) in enumerate(hist)])
-            out.append(self.gain.apply(g, gains))
+                g = torch.stack([(e_f[t] @ b) @ a.t() for t, (a, b) in enumerate(hist)])
+            out.append(self.gain.apply(g, gains).to(e.dtype))
         return out

@@ -46,27 +46,30 @@ class LiveTaps:
     must see the matrices of its own step."""
 
     def __init__(self):
-        self._live: "weakref.WeakSet[_Token]" = weakref.WeakSet()
+        self._live: "weakref.WeakSet[TapToken]" = weakref.WeakSet()
 
     def all_done(self) -> bool:
         return not any(not token.done for token in self._live)
 
-    def token(self) -> "_Token":
-        token = _Token()
+    def token(self) -> "TapToken":
+        token = TapToken()
         self._live.add(token)
         return token
 
 
-class _Token:
+class TapToken:
+    """Marks whether the backward of one Tap has run (``done``)."""
+
     __slots__ = ("done", "__weakref__")
 
     def __init__(self):
         self.done = False
 
 
-def tap(o: torch.Tensor, call: TapCall, spikes: list[torch.Tensor], live: Optional[LiveTaps] = None) -> torch.Tensor:
-    """``o`` wrapped so that ``loss.backward()`` sends ``call.method.signal(call, e)`` to ``spikes``."""
-    return Tap.apply(o, call, live.token() if live is not None else _Token(), *spikes)
+def tap(o: torch.Tensor, call: TapCall, spikes: list[torch.Tensor], token: Optional[TapToken] = None) -> torch.Tensor:
+    """``o`` wrapped so that ``loss.backward()`` sends ``call.method.signal(call, e)`` to ``spikes``
+    (and marks ``token`` done)."""
+    return Tap.apply(o, call, token if token is not None else TapToken(), *spikes)
 
 
 class Tap(torch.autograd.Function):
