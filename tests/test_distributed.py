@@ -137,15 +137,15 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
 def test_the_cheaper_exchange_is_chosen(monkeypatch):
     """All-gather the factors when B (m + rows) < 2 m rows, else all-reduce the product; each step's
     o~ is gathered once for all layers."""
-    from opzo_ext.feedback import opzo as opzo_module
+    from opzo_ext.feedback import storage as opzo_module
 
     calls = []
     monkeypatch.setattr(opzo_module, "world", lambda: (0, 2))
     monkeypatch.setattr(opzo_module, "all_gather_rows", lambda t: calls.append(t.shape) or torch.cat([t, t]))
     o, z, gathered = torch.ones(1, 4, 10), torch.ones(4, 64), {}
-    o_all, z_all, reduce = opzo_module.OPZO.exchange(o, 0, z, 8, gathered)  # 8 x 74 < 2 x 640
+    o_all, z_all, reduce = opzo_module.Dense.exchange(o, 0, z, 8, gathered)  # 8 x 74 < 2 x 640
     assert not reduce and o_all.shape == (8, 10) and z_all.shape == (8, 64)
-    o_again, _, _ = opzo_module.OPZO.exchange(o, 0, z[:, :32], 8, gathered)  # a second layer: o~ reused
+    o_again, _, _ = opzo_module.Dense.exchange(o, 0, z[:, :32], 8, gathered)  # a second layer: o~ reused
     assert o_again is o_all and calls == [(4, 10), (4, 64), (4, 32)]
-    o_own, z_own, reduce = opzo_module.OPZO.exchange(o, 0, z[:, :3], 8, gathered)  # 8 x 13 > 2 x 30
+    o_own, z_own, reduce = opzo_module.Dense.exchange(o, 0, z[:, :3], 8, gathered)  # 8 x 13 > 2 x 30
     assert reduce and o_own.shape == (4, 10) and o_own.data_ptr() == o.data_ptr() and z_own.shape == (4, 3)

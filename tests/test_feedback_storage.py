@@ -6,8 +6,7 @@ from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 
 import opzo_ext as opzo
-from opzo_ext.feedback import OPZOBf16, OPZOLowRank
-from opzo_ext.feedback.opzo_bf16 import round_stochastic
+from opzo_ext.feedback.storage import Bf16, LowRank, round_stochastic
 from opzo_ext.models import nf_resnet34
 
 T, B, N_IN, N_HID, M_OUT = 4, 8, 6, 12, 5
@@ -68,7 +67,7 @@ def test_bf16_update_tracks_float32_where_round_to_nearest_stalls():
     """lam = 0.9999: each update is 1e-4 of M, below bf16's resolution (2^-8 = 0.4%)."""
     g = torch.Generator().manual_seed(0)
     m_out, n, lam, steps = 4, 64, 0.9999, 3000
-    method = OPZOBf16(opzo.TrainConfig(feedback_matrix="bf16"), lambda device: g)
+    method = Bf16(lambda device: g)
     ref = torch.ones(m_out, n)  # M^T, float32 reference
     sr, rne = ref.bfloat16(), ref.bfloat16()
     o, z = torch.ones(1, m_out), torch.full((1, n), 2.0)  # the target of the recursion: 2
@@ -140,8 +139,8 @@ def test_lowrank_with_rank_at_least_m_equals_dense(multistep):
 def test_lowrank_update_is_the_best_rank_r_approximation():
     g = torch.Generator().manual_seed(0)
     n, m, r, lam, scale = 30, 9, 3, 0.8, 0.25
-    method = OPZOLowRank(opzo.TrainConfig(feedback_matrix="lowrank", feedback_rank=r), None)
-    factors = method.new_matrix((n, m), torch.zeros(1))
+    method = LowRank(r)
+    factors = method.zeros((n, m), torch.zeros(1))
     dense = torch.zeros(n, m)
     for i in range(4):
         o, z = torch.randn(2, m, generator=g), torch.randn(2, n, generator=g)

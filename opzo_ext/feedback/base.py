@@ -11,21 +11,20 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import OpzoError
 from ..traces import TraceState
+from .storage import Dense, storage_for
 
 
 class Feedback:
     """A credit-assignment method. Subclasses override what they need."""
 
     name = "?"
-    dtype: Optional[torch.dtype] = None  # storage dtype of the matrices (None: the model's)
 
     def __init__(self, config, generator_for):
         self.config = config
         self.generator_for = generator_for  # device -> torch.Generator of the session
-        self.matrices: dict[str, torch.Tensor] = {}  # neuron name -> [n_l, m] feedback matrix
-        self.groups: dict[str, tuple[int, int]] = {}  # name -> (rows C, positions P) of a shared matrix
+        self.storage: Dense = storage_for(config, generator_for)  # how the matrices are kept
+        self.matrices: dict[str, Any] = {}  # neuron name -> its feedback matrix, as the storage keeps it
 
     # ------------------------------------------------------------ what the method needs
     def uses_tap(self) -> bool:
@@ -59,39 +58,40 @@ class Feedback:
     def close(self) -> None:
         """The session closes (undo :meth:`open`)."""
 
-    # ------------------------------------------------------------ matrices
-    def new_matrix(self, shape: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
+    # ------------------------------------------------------------ matrices (in self.storage)
+    def new_matrix(self, shape: tuple[int, int], like: torch.Tensor) -> Optional[Any]:
         """The initial feedback matrix ``[n_l, m]`` of a layer (None: the method has none)."""
         return None
 
-    def storage_dtype(self, like: torch.Tensor) -> torch.dtype:
-        """The dtype of the stored matrices for a model computing in ``like.dtype``."""
-        return self.dtype or like.dtype
-
     def entry_size(self, like: torch.Tensor) -> int:
         """Bytes of one stored entry."""
-        return self.storage_dtype(like).itemsize
+        return self.storage.entry_size(like)
 
     def matrix_bytes(self, shape: tuple[int, int], like: torch.Tensor) -> int:
         """Bytes of the feedback matrix of a layer of shape ``[n_l, m]``, before allocating it."""
-        return shape[0] * shape[1] * self.entry_size(like)
+        return self.storage.matrix_bytes(shape, like)
 
-    @staticmethod
-    def energy(m: torch.Tensor) -> torch.Tensor:
+    def energy(self, m: Any) -> torch.Tensor:
         """``|F|_F^2`` of a stored feedback matrix (float32 accumulation), on its device."""
-        return torch.linalg.vector_norm(m.detach(), dtype=torch.float32).square()
+        return self.storage.energy(m)
 
     def feedback_matrices(self) -> dict[str, torch.Tensor]:
         """Neuron name -> feedback matrix ``[n_l, m]`` as used by :meth:`signal`."""
-        return self.matrices
+        return {name: self.storage.dense(m) for name, m in self.matrices.items()}
 
     def init_matrices(self, shapes: dict[str, tuple[int, int]], like: torch.Tensor) -> None:
         """Create the feedback matrices once the layers are known; loaded ones are checked."""
         for name, shape in shapes.items():
-            if self.matrix(name, shape, like) is None:
+            if name in self.matrices:
+                self.matrices[name] = self.storage.check(name, self.matrices[name], shape, like)
+            else:
                 m = self.new_matrix(shape, like)
                 if m is not None:
                     self.matrices[name] = m
+
+    def share_rows(self, groups: dict[str, tuple[int, int]]) -> None:
+        """Layers whose matrix has one row per channel ``C`` shared by ``P`` positions."""
+        self.storage = Dense(groups, self.storage.master_float32)
 
     @torch.no_grad()
     def step(self, call, o: torch.Tensor, in_place: bool = False) -> Any:
@@ -103,36 +103,6 @@ class Feedback:
     def signal(self, call, e: torch.Tensor) -> list[torch.Tensor]:
         """Errors ``[T, B, n_l]`` for each layer of ``call.layers``, from ``e = dL/do`` ``[T, B, m]``."""
         raise NotImplementedError
-
-    def matrix(self, name: str, shape: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
-        """The stored feedback matrix of ``name`` on ``like``'s device, checked against ``shape``."""
-        m = self.matrices.get(name)
-        if m is None:
-            return None
-        if tuple(m.shape) != tuple(shape):
-            raise OpzoError(
-                f"The feedback matrix of layer '{name}' has shape {tuple(m.shape)} but the layer needs "
-                f"{tuple(shape)} ([neurons, outputs]): the loaded session state was made for another "
-                "model or input size."
-            )
-        dtype = self.storage_dtype(like)
-        if m.device != like.device or m.dtype != dtype:
-            m = self.matrices[name] = m.to(like.device, dtype)
-        return m
-
-    def share_rows(self, groups: dict[str, tuple[int, int]]) -> None:
-        """Layers whose matrix has one row per channel ``C`` shared by ``P`` positions."""
-        self.groups = dict(groups)
-
-    def rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """``[..., n_l]`` per neuron -> ``[..., C]`` per row (mean over the positions sharing it)."""
-        group = self.groups.get(name)
-        return x if group is None else x.reshape(*x.shape[:-1], *group).mean(-1)
-
-    def spread(self, name: str, g: torch.Tensor) -> torch.Tensor:
-        """``[..., C]`` per row -> ``[..., n_l]`` per neuron (each position gets its row's value)."""
-        group = self.groups.get(name)
-        return g if group is None else g.unsqueeze(-1).expand(*g.shape, group[1]).reshape(*g.shape[:-1], -1)
 
     def state_dict(self) -> dict:
         return {"matrices": dict(self.matrices)}

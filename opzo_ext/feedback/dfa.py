@@ -22,4 +22,4 @@ class DFA(Feedback):
         return [[self.matrices[name]] for name in call.layers]
 
     def signal(self, call, e):
-        return [self.spread(name, g) for name, g in zip(call.layers, matrix_signal(call.ctx, e))]
+        return [self.storage.spread(name, g) for name, g in zip(call.layers, matrix_signal(call.ctx, e))]

@@ -17,6 +17,7 @@ import torch
 from ..distributed import all_reduce_sum
 from ..traces import TraceState
 from .base import Feedback
+from .storage import Dense
 from .tap import matrix_signal
 
 
@@ -25,6 +26,7 @@ class DKP(Feedback):
 
     def __init__(self, config, generator_for):
         super().__init__(config, generator_for)
+        self.storage = Dense(master_float32=True)  # half-precision models: Adam's eps underflows in float16
         self.optimizer = None
 
     def activity_trace(self, lam):
@@ -33,12 +35,8 @@ class DKP(Feedback):
     def exchanges_per_step(self) -> bool:
         return True
 
-    def storage_dtype(self, like):
-        """float32 for half-precision models: Adam's eps underflows in float16."""
-        return torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
-
     def new_matrix(self, shape, like):
-        return like.new_zeros(shape, dtype=self.storage_dtype(like))
+        return like.new_zeros(shape, dtype=self.storage.dtype(like))
 
     def init_matrices(self, shapes, like):
         super().init_matrices(shapes, like)

@@ -37,11 +37,11 @@ class LaggedOPZO(OPZO):
             key = lag_key(name, k)
             if key not in self.matrices:  # a longer sequence than seen so far: a new lag
                 self.matrices[key] = torch.zeros_like(self.matrices[name])
-            o_t, z_t, reduce = self.exchange(o, 0, z[0], batch, gathered)
-            mt = self.update(self.matrices[key].t(), o_t, z_t, lam, scale, in_place=False, reduce=reduce)
+            o_t, z_t, reduce = self.storage.exchange(o, 0, z[0], batch, gathered)
+            mt = self.storage.update(self.matrices[key].t(), o_t, z_t, lam, scale, in_place=False, reduce=reduce)
             self.matrices[key] = mt.t()
             per_entry.append([mt.t()])
-        gains = [self.gain.after(lag_key(name, k), h, self.energy, o, z, batch, call.alpha)
+        gains = [self.gain.after(lag_key(name, k), h, self.storage.energy, o, z, batch, call.alpha)
                  for (name, k), z, h in zip(call.layers, call.z, per_entry)]
         return per_entry, gains
 
