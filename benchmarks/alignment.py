@@ -52,7 +52,7 @@ def run(method: str, args) -> tuple[list[tuple[int, dict]], float]:
                 def run_batch(x=x, y=y):
                     functional.reset_net(net)
                     for _ in range(args.steps):
-                        instantaneous_loss(net(x), y, 0.05, steps=args.steps).backward()
+                        session.loss(instantaneous_loss(net(x), y, 0.05, steps=args.steps, reduction="none")).backward()
 
                 if monitor(run_batch) is not None:
                     print(method, monitor.history[-1], file=sys.stderr, flush=True)

@@ -153,7 +153,8 @@ def _train_epoch(model, session, optimizer, loader, preset: Preset, args, epoch:
         summed = 0
         for x_t in _step_inputs(x, preset):
             out = model(x_t)
-            loss = instantaneous_loss(out, y, preset.mse_weight, steps=preset.steps)
+            # each sample's loss through the session: method="zo" needs them (eq. 3), the others get the mean
+            loss = session.loss(instantaneous_loss(out, y, preset.mse_weight, steps=preset.steps, reduction="none"))
             if args.local:
                 loss = loss + session.local_loss(y) / preset.steps
             loss.backward()

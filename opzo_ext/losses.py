@@ -32,7 +32,7 @@ __all__ = ["instantaneous_loss", "Accumulator", "predict"]
 
 
 def instantaneous_loss(output: torch.Tensor, target: torch.Tensor, mse_weight: float = 0.05,
-                       steps: int = 1) -> torch.Tensor:
+                       steps: int = 1, reduction: str = "mean") -> torch.Tensor:
     """``((1 - l) * CE(o, y) + l * MSE(o, onehot(y))) / steps`` for one time step.
 
     Args:
@@ -41,15 +41,21 @@ def instantaneous_loss(output: torch.Tensor, target: torch.Tensor, mse_weight: f
         mse_weight: ``l`` in [0, 1]; 0 gives plain cross-entropy (no one-hot is built).
         steps: ``T``; the loss is divided by it so that the gradients summed over the ``T``
             steps of a sample are those of the mean loss over time (OTTT's convention).
+        reduction: ``"mean"`` over the batch (a scalar), or ``"none"``: each sample's loss ``[B]``
+            (its MSE the mean over the ``C`` classes), whose mean is the ``"mean"`` loss; hand it to
+            :meth:`Session.loss <opzo_ext.Session.loss>` (``method="zo"`` needs each sample's loss).
     """
     if not 0.0 <= mse_weight <= 1.0:
         raise ValueError(f"mse_weight must lie in [0, 1], got {mse_weight}")
     if steps < 1:
         raise ValueError(f"steps must be a positive number of time steps, got {steps}")
-    loss = F.cross_entropy(output, target)
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    loss = F.cross_entropy(output, target, reduction=reduction)
     if mse_weight > 0.0:
         onehot = F.one_hot(target, output.shape[-1]).to(output.dtype)
-        loss = (1.0 - mse_weight) * loss + mse_weight * F.mse_loss(output, onehot)
+        mse = F.mse_loss(output, onehot) if reduction == "mean" else F.mse_loss(output, onehot, reduction="none").mean(-1)
+        loss = (1.0 - mse_weight) * loss + mse_weight * mse
     return loss / steps
 
 

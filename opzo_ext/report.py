@@ -74,7 +74,7 @@ def experiment(method: str, args, monitor: bool = False, model: str = "fc", **op
                 def run_batch(x=x, y=y):
                     functional.reset_net(net)
                     for _ in range(args.steps):
-                        instantaneous_loss(net(x), y, 0.05, steps=args.steps).backward()
+                        session.loss(instantaneous_loss(net(x), y, 0.05, steps=args.steps, reduction="none")).backward()
 
                 alignment(run_batch) if alignment else run_batch()
                 variance.update()

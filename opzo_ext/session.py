@@ -26,6 +26,7 @@ from .distributed import share_parameters, shared_seed, world
 from .errors import OpzoError
 from .extensions import IntermediateReadout, extensions_for, readout_loss
 from .feedback import method_class
+from .feedback.zo import LossTap
 from .feedback.sizing import channel_groups, init_matrices, layer_shapes
 from .flow import NeuronState, StepFlow
 from .noise import NoiseSource
@@ -128,6 +129,25 @@ class Session:
         """Load what :meth:`state_dict` saved; all or nothing (see :func:`opzo_ext.resume.load`)."""
         resume.load(self, state)
 
+    def loss(self, losses: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The loss to backpropagate, from each sample's loss ``losses`` (``[B]``, or ``[T, B]`` /
+        ``[T*B]`` for a multi-step call), e.g. ``F.cross_entropy(out, y, reduction="none")``:
+        ``losses.mean()`` (or ``.sum()`` with ``reduction="sum"``). ``method="zo"`` needs it (each
+        sample's noise is multiplied by that sample's own loss, eq. 3); for the other methods it
+        only reduces, so one loop serves every method::
+
+            loss = session.loss(F.cross_entropy(net(x[t]), y, reduction="none"))
+            loss.backward()
+        """
+        if reduction not in ("mean", "sum"):
+            raise OpzoError(f"session.loss: reduction={reduction!r} is not valid; choose 'mean' or 'sum'.")
+        weight = 1.0 / losses.numel() if reduction == "mean" else 1.0
+        records = [r for method in (self.method, self.igl_method) if method is not None
+                   for r in method.record_loss(losses.detach(), weight)]
+        if records:  # ZO: the scale applied to the returned loss reaches the records in backward
+            return LossTap.apply(losses, records, weight)
+        return losses.mean() if reduction == "mean" else losses.sum()
+
     def parameters(self):
         """Parameters the session owns and the optimizer must train: the local readouts
         (``local=...``) and the intermediate readout (``igl=...``). Known once the layers are
@@ -173,7 +193,6 @@ class Session:
                     f"{type(claimed[id(module)]).__name__}; close that session before opening another one.")
         _ACTIVE.add(self.model)
         self._open = True
-        self.method.open()
         try:
             self._attachment.pre_hook(self.model, self._root_pre)
             if self.topology is not None:
@@ -194,7 +213,6 @@ class Session:
         if self._open:
             self._open = False
             _ACTIVE.discard(self.model)
-            self.method.close()
             self._group.leave()
 
     # ------------------------------------------------------------ attaching

@@ -98,6 +98,14 @@ def boost(model: nn.Module, factor: float) -> nn.Module:
     return model
 
 
+OPEN: list = []  # the session run_session has open
+
+
+def ce(out, y):
+    """Cross-entropy through the open session (ZO needs each sample's loss)."""
+    return OPEN[-1].loss(F.cross_entropy(out, y, reduction="none"))
+
+
 def run_session(model, method, batches, **options):
     """``batches``: callables running one batch of the user's loop; returns (session, recorder)."""
     rec = Recorder(model)
@@ -105,11 +113,13 @@ def run_session(model, method, batches, **options):
         options.setdefault("feedback_scale", "corrected")
     try:
         with opzo.train(model, method=method, momentum=0.5, seed=0, **options) as session:
+            OPEN.append(session)
             for batch in batches:
                 model.zero_grad(set_to_none=True)
                 batch()
     finally:
         rec.remove()
+        OPEN.clear()
     return session, rec
 
 
@@ -138,7 +148,7 @@ def _stepwise_batches(net, xs, ys, T=3, reset=snntorch.utils.reset):
     def batch(x, y):
         reset(net)
         for _ in range(T):
-            F.cross_entropy(net(x), y).backward()
+            ce(net(x), y).backward()
     return [partial(batch, x, y) for x, y in zip(xs, ys)]
 
 
@@ -222,7 +232,8 @@ def test_snntorch_tutorial_module(method):
     def batch(x, y):
         spk_rec, mem_rec = net(x)
         out_spikes.append(float(spk_rec.detach().sum()))
-        loss = sum(F.cross_entropy(mem_rec[t], y) for t in range(net.T))
+        per_step = torch.stack([F.cross_entropy(mem_rec[t], y, reduction="none") for t in range(net.T)])
+        loss = OPEN[-1].loss(per_step, reduction="sum") / len(y)  # [T, B]: ZO matches each step's losses
         loss.backward()
 
     session, rec = run_session(net, method, [partial(batch, x, y) for x, y in zip(xs, ys)])
@@ -268,9 +279,9 @@ def test_spikingjelly_neurons(kind, mode, method):
         functional.reset_net(net)
         if mode == "s":
             for t in range(T):
-                F.cross_entropy(net(x[t]), y).backward()
+                ce(net(x[t]), y).backward()
         else:
-            F.cross_entropy(net(x).mean(0), y).backward()
+            ce(net(x).mean(0), y).backward()
 
     session, rec = run_session(net, method, [partial(batch, x, y) for x, y in zip(xs, ys)])
     assert session.layers == ["1", "5"]
@@ -316,7 +327,7 @@ def test_spikingjelly_zoo(arch, method):
     def batch(x, y):
         functional.reset_net(net)
         for t in range(T):
-            F.cross_entropy(net(x[t]), y).backward()
+            ce(net(x[t]), y).backward()
 
     session, rec = run_session(net, method, [partial(batch, x, y) for x, y in zip(xs, ys)])
     # At 32x32, layer4 of the ResNets is 1x1: its BatchNorms normalise only 2 values (batch 2) per
@@ -381,10 +392,10 @@ def test_batch_size_change(library, method):
             if first or do_reset:
                 reset(net)
             if multistep:
-                F.cross_entropy(net(x).mean(0), y).backward()
+                ce(net(x).mean(0), y).backward()
             else:
                 for t in range(T):
-                    F.cross_entropy(net(x[t]), y).backward()
+                    ce(net(x[t]), y).backward()
 
         session, rec = run_session(net, method, [partial(batch, x4, y4, True), partial(batch, x3, y3, False)])
         assert session.steps == 2 * T

@@ -75,9 +75,9 @@ def run(method, net, x, y, record_losses=None, **options):
         start = {k: v.clone() for k, v in session.feedback.items()}
         losses = []
         for t in range(T):
-            loss = F.cross_entropy(net(x[t]), y)
-            loss.backward()
-            losses.append(loss.detach())
+            per_sample = F.cross_entropy(net(x[t]), y, reduction="none")
+            session.loss(per_sample).backward()  # the mean loss; ZO keeps each sample's
+            losses.append(per_sample.detach())
         final = {k: v.clone() for k, v in session.feedback.items()}
     rec.close()
     return rec.log, losses, start, final
@@ -217,17 +217,54 @@ def test_dfa_uses_fixed_B():
     assert_grads(net, expected_grads(log, x, y, deltas))
 
 
-def test_zo_uses_loss_times_noise():
+def test_zo_uses_each_samples_loss_times_its_noise():
+    """Eq. 3 per sample: sample b of step t gets (L[t, b] / B) / alpha * z[t, b] (the mean loss
+    weighs each sample's loss by 1 / B), not the batch loss times its noise."""
     net, (x, y) = make_net(), data()
     log, losses, _, final = run("zo", net, x, y, alpha=ALPHA)
     assert final == {}
     z = {k: [(p - s) / ALPHA for p, s in zip(log["p" + k], log["s" + k])] for k in "12"}
+    assert all(len(set(l.tolist())) == B for l in losses)  # the samples' losses differ
 
     def deltas(e):
-        return ([psi(log["m1"][t]) * (losses[t] / ALPHA * z["1"][t]) for t in range(T)],
-                [psi(log["m2"][t]) * (losses[t] / ALPHA * z["2"][t]) for t in range(T)])
+        return ([psi(log["m1"][t]) * (losses[t][:, None] / B / ALPHA * z["1"][t]) for t in range(T)],
+                [psi(log["m2"][t]) * (losses[t][:, None] / B / ALPHA * z["2"][t]) for t in range(T)])
 
     assert_grads(net, expected_grads(log, x, y, deltas))
+
+
+def test_zo_with_one_loss_over_the_sequence_uses_each_samples_summed_loss():
+    """One backward per sequence: each step's noise meets the sample's loss over the sequence."""
+    net, (x, y) = make_net(), data()
+    rec = Recorder(net)
+    with opzo.train(net, method="zo", example_input=x[0], seed=123, alpha=ALPHA) as session:
+        rec.after_session()
+        per_sample = sum(F.cross_entropy(net(x[t]), y, reduction="none") for t in range(T))
+        session.loss(per_sample, reduction="sum").backward()
+    rec.close()
+    log = rec.log
+    z = {k: [(p - s) / ALPHA for p, s in zip(log["p" + k], log["s" + k])] for k in "12"}
+    total = per_sample.detach()[:, None]
+
+    def deltas(e):
+        return ([psi(log["m1"][t]) * (total / ALPHA * z["1"][t]) for t in range(T)],
+                [psi(log["m2"][t]) * (total / ALPHA * z["2"][t]) for t in range(T)])
+
+    expected = expected_grads(log, x, y, deltas)
+    e_sum = [(F.softmax(o, 1) - F.one_hot(y, 3)) for o in log["o"]]  # the summed loss: no 1 / B
+    a2 = traces(log["p2"])
+    expected["4.weight"] = sum(e_sum[t].t() @ a2[t] for t in range(T))
+    expected["4.bias"] = sum(e_sum[t].sum(0) for t in range(T))
+    assert_grads(net, expected)
+
+
+def test_zo_without_per_sample_losses_says_how_to_give_them():
+    net, (x, y) = make_net(), data()
+    with opzo.train(net, method="zo", example_input=x[0]) as session:
+        with pytest.raises(opzo.OpzoError, match=r"session\.loss\(F\.cross_entropy\(out, y, reduction='none'\)\)"):
+            F.cross_entropy(net(x[0]), y).backward()
+        with pytest.raises(opzo.OpzoError, match=r"got 2 losses.*1 time step.*\[3\] samples"):
+            session.loss(F.cross_entropy(net(x[1]), y, reduction="none")[:2])
 
 
 def test_bp_is_online_spatial_bp_with_traces():
@@ -392,3 +429,18 @@ def test_opzo_with_lags_feeds_every_earlier_step():
     assert_grads(net, expected)
     with pytest.raises(opzo.ConfigError, match="lags=True.*method='opzo'"):
         opzo.TrainConfig(method="dfa", lags=True)
+
+
+def test_zo_follows_the_scale_applied_after_session_loss():
+    """(c * session.loss(l)).backward(): the readout's gradient scales by c, and so must ZO's
+    hidden signal, whose loss weight is read in backward."""
+    x, y = data()
+    grads = []
+    for c in (1.0, 3.0):
+        net = make_net()
+        with opzo.train(net, method="zo", example_input=x[0], seed=123, alpha=ALPHA) as session:
+            for t in range(T):
+                (c * session.loss(F.cross_entropy(net(x[t]), y, reduction="none"))).backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], 3.0 * grads[0][name], rtol=1e-4, atol=1e-5, msg=name)

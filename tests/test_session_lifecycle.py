@@ -25,6 +25,25 @@ T = 3
 
 # ---------------------------------------------------------------------------- models
 
+SESSIONS: list = []  # sessions opened through track()
+
+
+def track(session):
+    """``session``, remembered so that the loops below can hand it each sample's loss (ZO needs them)."""
+    SESSIONS.append(session)
+    return session
+
+
+def _open_session(net):
+    return next((s for s in reversed(SESSIONS) if s.model is net and s._open), None)
+
+
+def ce(net, out, y):
+    """Cross-entropy, through the open session on ``net`` if there is one."""
+    session = _open_session(net)
+    return session.loss(F.cross_entropy(out, y, reduction="none")) if session else F.cross_entropy(out, y)
+
+
 def _boost(model: nn.Module, factor: float = 3.0) -> nn.Module:
     with torch.no_grad():
         for m in model.modules():
@@ -109,12 +128,15 @@ class Case:
         self.reset(net)
         if self.kind == "step":
             for t in range(T):
-                F.cross_entropy(net(x[t]), y).backward()
+                ce(net, net(x[t]), y).backward()
         elif self.kind == "tutorial":
             _, mem = net(x)
-            sum(F.cross_entropy(mem[t], y) for t in range(T)).backward()
+            per_step = torch.stack([F.cross_entropy(mem[t], y, reduction="none") for t in range(T)])
+            loss = per_step.sum(0).mean()
+            session = _open_session(net)
+            (session.loss(per_step, reduction="sum") / len(y) if session else loss).backward()
         else:
-            F.cross_entropy(net(x).mean(0), y).backward()
+            ce(net, net(x).mean(0), y).backward()
 
 
 CASES = {
@@ -184,12 +206,12 @@ def test_exit_restores_model(case_name, method, raises):
 
     if raises:
         with pytest.raises(KeyError, match="user error"):
-            with opzo.train(net, method=method, momentum=0.5, seed=0) as session:
+            with track(opzo.train(net, method=method, momentum=0.5, seed=0)) as session:
                 case.train_batch(net, x, y)
                 assert snapshot(net) != before  # the session did attach something
                 raise KeyError("user error")
     else:
-        with opzo.train(net, method=method, momentum=0.5, seed=0) as session:
+        with track(opzo.train(net, method=method, momentum=0.5, seed=0)) as session:
             case.train_batch(net, x, y)
             case.train_batch(net, x, y)
     assert session.steps > 0
@@ -198,7 +220,7 @@ def test_exit_restores_model(case_name, method, raises):
     assert list(net.state_dict()) == keys
     assert torch.autograd.backward is backward
     assert_same_behaviour(case, net, ref)
-    with opzo.train(net, method=method):  # nothing left registered as open
+    with track(opzo.train(net, method=method)):  # nothing left registered as open
         pass
 
 
@@ -211,7 +233,7 @@ def test_exit_restores_preexisting_instance_forward(case_name):
     if case_name == "sj-m":
         neuron_module.multi_step_forward = type(neuron_module).multi_step_forward.__get__(neuron_module)
     before = snapshot(net)
-    with opzo.train(net, method="opzo", seed=0):
+    with track(opzo.train(net, method="opzo", seed=0)):
         case.train_batch(net, *case.data())
     assert snapshot(net) == before
 
@@ -239,10 +261,10 @@ def test_engine_error_restores_model(where):
     before = snapshot(net)
     with pytest.raises(opzo.UnsupportedModelError, match="one readout"):
         if where == "example_input":
-            with opzo.train(net, method="zo", example_input=x):
+            with track(opzo.train(net, method="zo", example_input=x)):
                 pass
         else:
-            with opzo.train(net, method="zo"):
+            with track(opzo.train(net, method="zo")):
                 a, b = net(x)
     assert snapshot(net) == before
     session = opzo.train(net, method="opzo").open()  # not left registered as open
@@ -256,17 +278,17 @@ def test_engine_error_restores_model(where):
 def test_nested_session_same_model_raises():
     net = snn_seq()
     x, y = CASES["snntorch"].data()
-    with opzo.train(net, method="opzo") as outer:
+    with track(opzo.train(net, method="opzo")) as outer:
         CASES["snntorch"].train_batch(net, x, y)
         inside = snapshot(net)
         for method in ("opzo", "bp"):
             with pytest.raises(opzo.OpzoError, match="already has an open opzo_ext session"):
-                with opzo.train(net, method=method):
+                with track(opzo.train(net, method=method)):
                     pass
         assert snapshot(net) == inside  # the refused session attached nothing
         CASES["snntorch"].train_batch(net, x, y)  # the outer one still works
     assert outer.steps == 2 * T
-    with opzo.train(net, method="dfa") as again:
+    with track(opzo.train(net, method="dfa")) as again:
         CASES["snntorch"].train_batch(net, x, y)
     assert again.steps == T
 
@@ -279,20 +301,20 @@ def _two_level() -> nn.Sequential:
 
 def test_nested_session_on_submodule_raises():
     net = _two_level()
-    with opzo.train(net, method="opzo"):
+    with track(opzo.train(net, method="opzo")):
         with pytest.raises(opzo.OpzoError, match="already has an open opzo_ext session"):
             opzo.train(net[0], method="opzo").open()
-    with opzo.train(net[0], method="opzo"):  # now free
+    with track(opzo.train(net[0], method="opzo")):  # now free
         pass
 
 
 def test_session_on_parent_of_open_submodule_raises():
     net = _two_level()
-    with opzo.train(net[0], method="bp"):
+    with track(opzo.train(net[0], method="bp")):
         with pytest.raises(opzo.OpzoError, match="already has an open opzo_ext session"):
-            with opzo.train(net, method="opzo"):
+            with track(opzo.train(net, method="opzo")):
                 pass
-    with opzo.train(net, method="opzo"):
+    with track(opzo.train(net, method="opzo")):
         pass
 
 
@@ -300,9 +322,9 @@ def test_session_on_model_sharing_a_module_with_an_open_session_raises():
     lif = snn.Leaky(beta=0.5, init_hidden=True)
     a = nn.Sequential(nn.Linear(10, 8), lif, nn.Linear(8, 4))
     b = nn.Sequential(nn.Linear(10, 8), lif, nn.Linear(8, 3))
-    with opzo.train(a, method="opzo"):
+    with track(opzo.train(a, method="opzo")):
         with pytest.raises(opzo.OpzoError, match="already has an open opzo_ext session"):
-            with opzo.train(b, method="opzo"):
+            with track(opzo.train(b, method="opzo")):
                 pass
 
 
@@ -310,7 +332,7 @@ def test_sessions_on_separate_models_coexist():
     case = CASES["snntorch"]
     a, b = snn_seq(seed=0), snn_seq(seed=1)
     x, y = case.data()
-    with opzo.train(a, method="opzo", seed=0) as sa, opzo.train(b, method="zo", seed=0) as sb:
+    with opzo.train(a, method="opzo", seed=0) as sa, track(opzo.train(b, method="zo", seed=0)) as sb:
         case.train_batch(a, x, y)
         case.train_batch(b, x, y)
     assert sa.steps == sb.steps == T
@@ -332,7 +354,7 @@ def test_eval_inside_session_equals_plain_model(case_name):
         with torch.no_grad():
             return case.sequence(ref, xe)
 
-    with opzo.train(net, method="opzo", momentum=0.5, alpha=0.5, seed=0):
+    with track(opzo.train(net, method="opzo", momentum=0.5, alpha=0.5, seed=0)):
         for trained in (False, True):  # before the first training step, and after it
             if trained:
                 net.train()
@@ -354,7 +376,7 @@ def test_feedback_matrices(case_name, method):
     case = CASES[case_name]
     net = case.make()
     history = []
-    with opzo.train(net, method=method, momentum=0.5, seed=0) as session:
+    with track(opzo.train(net, method=method, momentum=0.5, seed=0)) as session:
         for b in range(3):
             case.train_batch(net, *case.data(seed=b))
             history.append({k: v.clone() for k, v in session.feedback.items()})
@@ -376,7 +398,7 @@ def test_dfa_matrices_fixed_within_a_sequence():
     """Per-step loop: B is the same object-value after every single step."""
     net = snn_seq()
     x, y = CASES["snntorch"].data()
-    with opzo.train(net, method="dfa", seed=0) as session:
+    with track(opzo.train(net, method="dfa", seed=0)) as session:
         snntorch.utils.reset(net)
         seen = []
         for t in range(T):
@@ -411,7 +433,7 @@ def test_state_dict_resume_is_bit_identical(case_name, method):
 
     net = case.make(seed=0)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    with opzo.train(net, seed=11, **options) as session:
+    with track(opzo.train(net, seed=11, **options)) as session:
         _train(case, net, opt, batches[:2])
         saved = _roundtrip({"model": net.state_dict(), "opt": opt.state_dict(), "session": session.state_dict()})
         _train(case, net, opt, batches[2:])
@@ -422,7 +444,7 @@ def test_state_dict_resume_is_bit_identical(case_name, method):
         net2.load_state_dict(saved["model"])
         opt2 = torch.optim.SGD(net2.parameters(), lr=0.05, momentum=0.9)
         opt2.load_state_dict(saved["opt"])
-        with opzo.train(net2, seed=12345, **options) as session2:
+        with track(opzo.train(net2, seed=12345, **options)) as session2:
             if load:
                 session2.load_state_dict(saved["session"])
             _train(case, net2, opt2, batches[2:])
@@ -440,10 +462,10 @@ def test_state_dict_resume_is_bit_identical(case_name, method):
 
 def test_load_state_dict_with_other_method_raises():
     net = snn_seq()
-    with opzo.train(net, method="opzo", seed=0) as session:
+    with track(opzo.train(net, method="opzo", seed=0)) as session:
         CASES["snntorch"].train_batch(net, *CASES["snntorch"].data())
         state = session.state_dict()
-    with opzo.train(snn_seq(), method="dfa") as other:
+    with track(opzo.train(snn_seq(), method="dfa")) as other:
         with pytest.raises(opzo.OpzoError, match=r"method='opzo'.*method='dfa'"):
             other.load_state_dict(state)
 
@@ -452,13 +474,13 @@ def test_load_state_dict_with_other_method_raises():
 def test_load_state_dict_with_wrong_shapes_raises_at_first_step(method):
     case = CASES["snntorch"]
     net = snn_seq(hidden=24)
-    with opzo.train(net, method=method, seed=0) as session:
+    with track(opzo.train(net, method=method, seed=0)) as session:
         case.train_batch(net, *case.data())
         state = _roundtrip(session.state_dict())
 
     small = snn_seq(hidden=20)  # same layer names, layer '1' has 20 neurons instead of 24
     x, y = case.data()
-    with opzo.train(small, method=method, seed=0) as other:
+    with track(opzo.train(small, method=method, seed=0)) as other:
         other.load_state_dict(state)  # before the first step the layers are not known yet
         with pytest.raises(opzo.OpzoError, match=r"'1'.*\(24, 4\).*\(20, 4\)"):
             case.train_batch(small, x, y)
@@ -469,11 +491,11 @@ def test_load_state_dict_with_wrong_shapes_after_first_step_raises(method):
     """Loaded after the layers are known: raises at load or, at the latest, at the next step."""
     case = CASES["snntorch"]
     x, y = case.data()
-    with opzo.train(snn_seq(hidden=24), method=method, seed=0) as session:
+    with track(opzo.train(snn_seq(hidden=24), method=method, seed=0)) as session:
         case.train_batch(session.model, x, y)
         state = session.state_dict()
     small = snn_seq(hidden=20)
-    with opzo.train(small, method=method, seed=0) as other:
+    with track(opzo.train(small, method=method, seed=0)) as other:
         case.train_batch(small, x, y)
         with pytest.raises(opzo.OpzoError, match=r"\(24, 4\).*\(20, 4\)"):
             other.load_state_dict(state)

@@ -8,6 +8,8 @@ for one CPU thread (a few seconds per run) and a fixed seed.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -102,6 +104,20 @@ def test_opzo_learns(name, monkeypatch, request):
     k = max(2, len(losses) // 4)
     assert sum(losses[-k:]) / k < sum(losses[:k]) / k, losses
     assert res["accuracy"] >= 2 * CHANCE, res["accuracy"]
+
+
+@pytest.mark.parametrize("name", list(SETUPS))
+def test_zo_trains_every_layer_from_each_samples_loss(name, monkeypatch, request):
+    """method='zo' hands each sample's loss to session.loss (the loss functions' reduction='none');
+    every weight moves and the losses stay finite."""
+    module, ctor, data, _, kwargs = SETUPS[name]
+    data_root = request.getfixturevalue(data)
+    seen = capture(monkeypatch, module, ctor)
+    res = module.run("zo", seed=0, data_root=data_root, **kwargs)
+    assert res["method"] == "zo" and all(math.isfinite(v) for v in res["losses"])
+    for key, p in seen["net"].named_parameters():
+        if p.dim() > 1:
+            assert not torch.equal(p.detach(), seen["init"][key]), f"{name}: {key} did not train"
 
 
 @pytest.mark.parametrize("name", list(SETUPS))

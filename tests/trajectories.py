@@ -112,6 +112,13 @@ def _tensors(prefix: str, obj, out: dict) -> None:
             _tensors(f"{prefix}/{i}", v, out)
 
 
+def loss_of(session, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; ZO gets each sample's loss through ``session.loss`` (eq. 3 per sample)."""
+    if session.config.method == "zo":
+        return session.loss(F.cross_entropy(out, y, reduction="none"))
+    return F.cross_entropy(out, y)
+
+
 def run_case(net_name: str, method: str, options: dict) -> dict[str, torch.Tensor]:
     """Train ``BATCHES`` batches of ``T`` steps; the model's and the session's tensors afterwards."""
     build, shape, loop = NETS[net_name]
@@ -130,11 +137,11 @@ def run_case(net_name: str, method: str, options: dict) -> dict[str, torch.Tenso
             optimizer.zero_grad()
             if loop == "multi":
                 out = net(x)
-                F.cross_entropy(out.flatten(0, 1), y.repeat(T)).backward()
+                loss_of(s, out.flatten(0, 1), y.repeat(T)).backward()
             else:
                 total = 0.0
                 for t in range(T):
-                    loss = F.cross_entropy(net(x[t]), y)
+                    loss = loss_of(s, net(x[t]), y)
                     if s.config.local or s.config.igl:
                         loss = loss + s.local_loss(y)
                     if loop == "step":

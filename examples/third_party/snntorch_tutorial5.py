@@ -19,7 +19,9 @@ Differs: ``train_samples`` / ``test_samples`` first images of each split instead
 is not shuffled; no printing of the loss every 50 iterations (``progress=True`` does).
 
 With ``method`` set, the only change to the loop is ``import opzo_ext as opzo`` and
-``with opzo.train(net, method=method, **options):`` around the training loop.
+``with opzo.train(net, method=method, **options):`` around the training loop; ``method="zo"``
+also computes the loss per sample (``reduction="none"``) and hands it to ``session.loss``, since
+zeroth order multiplies each sample's noise by that sample's own loss.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import snntorch as snn
 from torchvision import transforms
 
@@ -111,8 +114,13 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
                 net.train()
                 spk_rec, mem_rec = net(data.view(data.size(0), -1))
                 loss_val = torch.zeros((1,), dtype=torch.float, device=device)
-                for step in range(s["num_steps"]):
-                    loss_val += loss(mem_rec[step], targets)
+                if method == "zo":  # opzo: ZO multiplies each sample's noise by its own loss (eq. 3)
+                    per_step = torch.stack([F.cross_entropy(mem_rec[step], targets, reduction="none")
+                                            for step in range(s["num_steps"])])
+                    loss_val = loss_val + session.loss(per_step, reduction="sum") / targets.numel()
+                else:
+                    for step in range(s["num_steps"]):
+                        loss_val += loss(mem_rec[step], targets)
                 optimizer.zero_grad()
                 loss_val.backward()
                 optimizer.step()

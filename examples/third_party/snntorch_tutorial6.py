@@ -19,7 +19,9 @@ Differs: ``train_samples`` / ``test_samples`` first images of each split instead
 does); the test loader keeps its last partial batch and is not shuffled.
 
 With ``method`` set, the only change to the loop is ``import opzo_ext as opzo`` and
-``with opzo.train(net, method=method, **options):`` around the training loop.
+``with opzo.train(net, method=method, **options):`` around the training loop; ``method="zo"``
+also computes the loss per sample (``reduction="none"``) and hands it to ``session.loss``, since
+zeroth order multiplies each sample's noise by that sample's own loss.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
     net = build_net(s["beta"], s["slope"]).to(device)
     params = common.readout_only(net, net[7]) if readout_only else net.parameters()
     optimizer = torch.optim.Adam(params, lr=s["lr"], betas=s["betas"])
-    loss_fn = SF.ce_rate_loss()
+    loss_fn = SF.ce_rate_loss(reduction="none" if method == "zo" else "mean")  # opzo: ZO needs each sample's loss
 
     losses = []
     session = opzo.train(net, method=method, **(options or {})) if method else contextlib.nullcontext()
@@ -113,6 +115,8 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
                 net.train()
                 spk_rec, _ = forward_pass(net, num_steps, data)
                 loss_val = loss_fn(spk_rec, targets)
+                if method == "zo":  # opzo: ZO multiplies each sample's noise by its own loss (eq. 3)
+                    loss_val = session.loss(loss_val)
                 optimizer.zero_grad()
                 loss_val.backward()
                 optimizer.step()

@@ -33,7 +33,9 @@ anyway).  With frames of 10-20 ms the tutorial's lr 2e-2 overshoots on the simul
 layer fires everywhere, then falls silent for good); lr 2e-3 and a smaller batch learn.
 
 With ``method`` set, the only change to the loop is ``import opzo_ext as opzo`` and
-``with opzo.train(net, method=method, **options):`` around the training loop.
+``with opzo.train(net, method=method, **options):`` around the training loop; ``method="zo"``
+also computes the loss per sample (``reduction="none"``) and hands it to ``session.loss``, since
+zeroth order multiplies each sample's noise by that sample's own loss.
 """
 
 from __future__ import annotations
@@ -154,7 +156,8 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
     net = build_net(s["beta"]).to(device)
     params = common.readout_only(net, net[7]) if readout_only else net.parameters()
     optimizer = torch.optim.Adam(params, lr=s["lr"], betas=s["betas"])
-    loss_fn = SF.mse_count_loss(correct_rate=s["correct_rate"], incorrect_rate=s["incorrect_rate"])
+    loss_fn = SF.mse_count_loss(correct_rate=s["correct_rate"], incorrect_rate=s["incorrect_rate"],
+                                reduction="none" if method == "zo" else "mean")  # opzo: ZO needs each sample's loss
 
     losses = []
     session = opzo.train(net, method=method, **(options or {})) if method else contextlib.nullcontext()
@@ -166,6 +169,8 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
                 net.train()
                 spk_rec = forward_pass(net, data)
                 loss_val = loss_fn(spk_rec, targets)
+                if method == "zo":  # opzo: ZO multiplies each sample's noise by its own loss (eq. 3)
+                    loss_val = session.loss(loss_val.mean(-1))
                 optimizer.zero_grad()
                 loss_val.backward()
                 optimizer.step()

@@ -22,7 +22,9 @@ data-loading workers); the test loader is not shuffled.  Fashion-MNIST comes fro
 ``opzo_ext.data.load_fashion_mnist`` (offline copy when installed, else torchvision's download).
 
 With ``method`` set, the only change to the loop is ``import opzo_ext as opzo`` and
-``with opzo.train(net, method=method, **options):`` around the training loop.
+``with opzo.train(net, method=method, **options):`` around the training loop; ``method="zo"``
+also computes the loss per sample (``reduction="none"``) and hands it to ``session.loss``, since
+zeroth order multiplies each sample's noise by that sample's own loss.
 """
 
 from __future__ import annotations
@@ -83,7 +85,10 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
                 img, label = img.to(device), label.to(device)
                 label_onehot = F.one_hot(label, 10).float()
                 out_fr = net(img)
-                loss = F.mse_loss(out_fr, label_onehot)
+                if method == "zo":  # opzo: ZO multiplies each sample's noise by its own loss (eq. 3)
+                    loss = session.loss(F.mse_loss(out_fr, label_onehot, reduction="none").mean(-1))
+                else:
+                    loss = F.mse_loss(out_fr, label_onehot)
                 loss.backward()
                 optimizer.step()
 

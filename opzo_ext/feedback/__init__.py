@@ -8,7 +8,7 @@ from .dfa import DFA
 from .dkp import DKP
 from .opzo import OPZO
 from .opzo_lags import LaggedOPZO
-from .zo import ZO, LossRecorder
+from .zo import ZO
 
 METHODS: dict[str, type[Feedback]] = {m.name: m for m in (BP, OPZO, DFA, DKP, ZO)}
 
@@ -18,5 +18,5 @@ def method_class(config) -> type[Feedback]:
     return LaggedOPZO if config.lags else METHODS[config.method]
 
 
-__all__ = ["Feedback", "Tap", "TapCall", "LiveTaps", "TapToken", "tap", "METHODS", "method_class", "LossRecorder",
+__all__ = ["Feedback", "Tap", "TapCall", "LiveTaps", "TapToken", "tap", "METHODS", "method_class",
            "BP", "OPZO", "LaggedOPZO", "DFA", "DKP", "ZO"]

@@ -52,11 +52,10 @@ class Feedback:
         """With several processes, every step runs collectives (all ranks must take part)."""
         return False
 
-    def open(self) -> None:
-        """The session opens (attach what the method needs outside the model)."""
-
-    def close(self) -> None:
-        """The session closes (undo :meth:`open`)."""
+    def record_loss(self, losses: torch.Tensor, weight: float) -> list:
+        """Each sample's loss of the latest steps (:meth:`Session.loss <opzo_ext.Session.loss>`),
+        weighted by ``weight`` in the reduced loss; returns the calls that take them (only ZO)."""
+        return []
 
     # ------------------------------------------------------------ matrices (in self.storage)
     def new_matrix(self, shape: tuple[int, int], like: torch.Tensor) -> Optional[Any]:
