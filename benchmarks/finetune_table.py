@@ -35,6 +35,8 @@ def main(checkpoint: str) -> None:
     print("opzo/zo; bp and dfa train with the noise in the forward pass), AdamW lr 1e-4 (zo 1e-5).")
     print("Paper (NF-ResNet-34, ImageNet): clean 65.15; sigma 0.1: noisy 61.13 -> OPZO 63.39;")
     print("sigma 0.15: 54.01 -> 60.96; DFA and ZO_sp do not recover.\n")
+    print("This table has no readout-only control; benchmarks/finetune_noise.py adds it")
+    print("([What the hidden layers' updates are worth](finetune_noise.md)).\n")
     print("| sigma | clean acc. | noisy, before | method | noisy, after | change | clean, after |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -12,6 +12,10 @@ Prints clean accuracy, accuracy under noise before fine-tuning and after it. The
 ``opzo``/``zo`` it is also the perturbation: ``alpha = sigma``, ``inject="before"``, no antithetic
 pairs (appendix C.3.2); ``bp``/``dfa``/``dkp`` train with the same noise present in the forward.
 The checkpoint may be an ``opzo-train`` checkpoint, OTTT's ``{'net': ...}`` or any state dict.
+
+``--readout-only`` is the control that tells what the hidden layers' updates are worth: only the
+readout (the last Linear or Conv layer, the one feeding the output) is trained, with its exact
+gradient under the noise (method ``bp``); every other parameter stays bit-identical.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .cli import MODELS, _reset, _step_inputs, add_feedback_options, evaluate
@@ -36,7 +41,31 @@ from .presets import PRESETS
 from .session import train as opzo_train
 
 
+def readout_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """The readout of one of :mod:`opzo_ext.models`' networks: its last Linear or Conv layer (in
+    module order), the synaptic layer feeding the output. Returns ``(name, module)``."""
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and any(True for _ in m.parameters())]
+    if not found:
+        raise OpzoError(f"--readout-only: {type(model).__name__} has no Linear or Conv layer to train.")
+    return found[-1]
+
+
+def _check_method(args: argparse.Namespace) -> None:
+    if args.readout_only:
+        if args.method not in (None, "bp"):
+            raise OpzoError(f"--readout-only trains the readout with its exact gradient (method bp); "
+                            f"--method {args.method} would only add that method's unused feedback.")
+        args.method = "bp"
+    elif args.method is None:
+        raise OpzoError("--method is required (or --readout-only, the readout-only control).")
+
+
 def run(args: argparse.Namespace) -> dict:
+    _check_method(args)
+    if args.save is not None and args.save.exists():  # checked before the run, never overwritten
+        raise OpzoError(f"--save {args.save} exists; choose another file or move it away first.")
+    torch.manual_seed(args.seed)  # the noise bp/dfa/dkp train under comes from torch's global RNG
     preset = PRESETS[args.preset]
     config = TrainConfig(method=args.method, alpha=args.sigma, inject="before", antithetic=False,  # checked first
                          momentum=preset.momentum, feedback_scale=args.feedback_scale or preset.feedback_scale,
@@ -66,14 +95,26 @@ def run(args: argparse.Namespace) -> dict:
         with noisy(model, args.sigma, seed=args.seed):
             return evaluate(model, test_loader, preset, args.device, limit)
 
-    result = {"checkpoint": str(args.checkpoint), "preset": args.preset, "method": args.method,
+    result = {"checkpoint": str(args.checkpoint), "preset": args.preset, "model": model_name, "method": args.method,
+              "readout_only": bool(args.readout_only),
               "sigma": args.sigma, "feedback_matrix": args.feedback_matrix, "feedback_scale": config.feedback_scale,
-              "epochs": args.epochs, "lr": args.lr,
+              "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "train_samples": len(train_set),
+              "limit_batches": args.limit_batches, "limit_test_batches": limit,
               "clean_acc": evaluate(model, test_loader, preset, args.device, limit),
               "noisy_acc_before": noisy_accuracy()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.readout_only:  # the control: everything but the readout frozen, and not in the optimizer
+        name, readout = readout_layer(model)
+        keep = {id(p) for p in readout.parameters()}
+        for p in model.parameters():
+            if id(p) not in keep:
+                p.requires_grad_(False)
+        params = list(readout.parameters())
+        result["readout"] = name
+    else:
+        params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     perturbs = args.method in ("opzo", "zo")
-    session = opzo_train(model, config=config)
+    session = opzo_train(model, config=config, optimizer=optimizer)  # health checks use its eps
     generator = torch.Generator().manual_seed(args.seed)
     with session:
         for epoch in range(args.epochs):
@@ -88,12 +129,16 @@ def run(args: argparse.Namespace) -> dict:
                 # opzo/zo: the session's perturbation is the hardware noise; the others see it added
                 with (nullcontext() if perturbs else noisy(model, args.sigma)):
                     for x_t in _step_inputs(x, preset):
-                        instantaneous_loss(model(x_t), y, preset.mse_weight, steps=preset.steps).backward()
+                        loss = instantaneous_loss(model(x_t), y, preset.mse_weight, steps=preset.steps, reduction="none")
+                        session.loss(loss).backward()  # each sample's loss: zo needs them
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             _reset(model)
     result["noisy_acc_after"] = noisy_accuracy()
     result["clean_acc_after"] = evaluate(model, test_loader, preset, args.device, limit)
+    if args.save is not None:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), args.save)
     return result
 
 
@@ -104,7 +149,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="data set, T and model of the run")
     p.add_argument("--model", choices=sorted(MODELS), default=None, help="override the preset's model")
     p.add_argument("--sigma", type=float, required=True, help="noise scale on every neuron's input")
-    p.add_argument("--method", required=True, choices=METHOD_NAMES)
+    p.add_argument("--method", choices=METHOD_NAMES, default=None,
+                   help="credit assignment of the fine-tuning (required unless --readout-only)")
+    p.add_argument("--readout-only", action="store_true",
+                   help="control: train only the readout (last Linear/Conv) with its exact gradient under the "
+                        "noise (method bp), every other parameter frozen")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--feedback-scale", choices=FEEDBACK_SCALES, default=None,
                    help="what OPZO's feedback estimates (default: the preset's, 'jacobian'; 'paper': appendix C)")
@@ -118,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="append the result as a JSON line here")
+    p.add_argument("--save", type=Path, default=None, help="write the fine-tuned model's state dict here")
     add_feedback_options(p)
     return p
 
@@ -129,9 +179,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OpzoError, RuntimeError) as exc:
         print(f"opzo-finetune: error: {exc}", file=sys.stderr)
         return 2
+    what = "readout-only" if args.readout_only else args.method
     print(f"clean {100 * result['clean_acc']:.2f}% | noisy (sigma={args.sigma}) before "
-          f"{100 * result['noisy_acc_before']:.2f}% -> after {args.method} fine-tuning "
-          f"{100 * result['noisy_acc_after']:.2f}%")
+          f"{100 * result['noisy_acc_before']:.2f}% -> after {what} fine-tuning "
+          f"{100 * result['noisy_acc_after']:.2f}% | clean after {100 * result['clean_acc_after']:.2f}%")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(result) + "\n")
