@@ -125,6 +125,8 @@ class StepFlow:
         s = self.session
         s.steps += pre.steps if pre is not None else 1
         s.health.readout()
+        if s._optimizer is None and pre is not None and pre.fresh:  # a new sequence: once per batch
+            s.update_feedback()
         if not s.method.uses_tap() or not self.pending:
             self.pending.clear()
             return o

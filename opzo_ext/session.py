@@ -208,6 +208,8 @@ class Session:
     def close(self) -> None:
         """Remove every hook and override; the model is left as it was (idempotent)."""
         self._attachment.detach()
+        if self._optimizer is None:
+            self.update_feedback()
         self.flow.pending.clear()
         self.local_outputs.clear()
         if self._open:
@@ -297,7 +299,17 @@ class Session:
                              if self.active(m) else None)
         for handle in self.health.attach():
             attach.add(handle)
+        if self._optimizer is not None:  # learned feedback takes one step per optimizer step
+            attach.add(self._optimizer.register_step_post_hook(lambda *args: self.update_feedback()))
         self._group.join(self.local_readouts.parameters())
+
+    def update_feedback(self) -> None:
+        """The methods' update of learned feedback (DKP's Adam step), once per optimizer step: the
+        session calls it after ``optimizer.step()`` of the optimizer it was given, else at the
+        start of each sequence and on close."""
+        for method in (self.method, self.igl_method):
+            if method is not None:
+                method.update_feedback()
 
     def _when_active(self, fn, rec: NeuronState):
         return lambda module, *rest: fn(rec, *rest) if self.active(module) else None

@@ -35,6 +35,13 @@ def data(seed=1):
     return torch.randn(T, B, 4, generator=g, dtype=torch.float32) * 2, torch.tensor([0, 2, 1])
 
 
+def snn_reset(net):
+    """Start a new sequence (snnTorch: the library's reset of every neuron's state)."""
+    for m in net.modules():
+        if isinstance(m, snn.SpikingNeuron):
+            m.reset_hidden()
+
+
 def psi(mem):
     """snnTorch's sigmoid surrogate derivative at u - V_th (V_th = 1)."""
     s = torch.sigmoid(SLOPE * (mem - 1.0))
@@ -298,31 +305,62 @@ def test_no_spatial_bp_reaches_hidden_layers():
     assert net[4].weight.grad.abs().max() > 0
 
 
-def test_dkp_learns_B_with_adam_from_activity_times_error():
+def test_dkp_learns_B_with_one_adam_step_per_optimizer_step():
+    """B_l starts at zero; each backward adds a_l[t]^T e[t] to its gradient; Adam steps once per
+    optimizer step of the network, so every step of a batch feeds back with the same B."""
     net, (x, y) = make_net(), data()
-    lr = 1e-2
-    log, _, start, final = run("dkp", net, x, y, dkp_lr=lr)
-    assert all(torch.equal(v, torch.zeros_like(v)) for v in start.values())  # B starts at zero
+    lr, batches = 1e-2, 2
+    rec = Recorder(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # weights fixed: the log holds every step
+    with opzo.train(net, method="dkp", example_input=x[0], seed=123, dkp_lr=lr, optimizer=optimizer) as session:
+        rec.after_session()
+        seen = []
+        for _ in range(batches):
+            seen.append({k: v.clone() for k, v in session.feedback.items()})
+            optimizer.zero_grad()
+            for t in range(T):
+                F.cross_entropy(net(x[t]), y).backward()
+            optimizer.step()
+            snn_reset(net)
+        final = {k: v.clone() for k, v in session.feedback.items()}
+    rec.close()
+    log = rec.log
     e = [(F.softmax(o, 1) - F.one_hot(y, 3)) / B for o in log["o"]]
-    act = {"1": traces(log["s1"]), "3": traces(log["s2"])}  # each layer's own spike trace
-    # reference: Adam on B with gradient a_l[t]^T e[t] after each step; the signal uses B before it
-    ref = {k: torch.zeros_like(v, requires_grad=False) for k, v in start.items()}
+    act = {"1": traces(log["s1"][:T]) + traces(log["s1"][T:]), "3": traces(log["s2"][:T]) + traces(log["s2"][T:])}
+    ref = {k: torch.zeros_like(v) for k, v in final.items()}
     opt = torch.optim.Adam(list(ref.values()), lr=lr)
-    used = {k: [] for k in ref}
-    for t in range(T):
+    for k_batch in range(batches):
         for k in ref:
-            used[k].append(ref[k].clone())
-            ref[k].grad = act[k][t].t() @ e[t]
+            torch.testing.assert_close(seen[k_batch][k], ref[k], rtol=1e-5, atol=1e-7)  # B used in batch k
+            ref[k].grad = sum(act[k][i].t() @ e[i] for i in range(k_batch * T, (k_batch + 1) * T))
         opt.step()
     for k in ref:
         torch.testing.assert_close(final[k], ref[k], rtol=1e-5, atol=1e-7)
+    used = seen[-1]
 
-    def deltas(e):
-        return ([psi(log["m1"][t]) * (e[t] @ used["1"][t].t()) for t in range(T)],
-                [psi(log["m2"][t]) * (e[t] @ used["3"][t].t()) for t in range(T)])
+    last = {k: v[T:] for k, v in log.items() if len(v) == 2 * T}  # the last batch
 
-    assert_grads(net, expected_grads(log, x, y, deltas))
+    def deltas(e):  # its hidden errors, with B as it was during that batch
+        return ([psi(last["m1"][t]) * (e[t] @ used["1"].t()) for t in range(T)],
+                [psi(last["m2"][t]) * (e[t] @ used["3"].t()) for t in range(T)])
+
+    expected = expected_grads(last, x, y, deltas)
+    for name in ("0.weight", "2.weight"):
+        torch.testing.assert_close(net.get_parameter(name).grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
     assert net[0].weight.grad.abs().max() > 0  # learned feedback reaches the first layer
+
+
+def test_dkp_without_the_optimizer_steps_once_per_sequence():
+    net, (x, y) = make_net(), data()
+    with opzo.train(net, method="dkp", example_input=x[0], seed=123, dkp_lr=1e-2) as session:
+        for _ in range(2):
+            for t in range(T):
+                F.cross_entropy(net(x[t]), y).backward()
+            first = {k: v.clone() for k, v in session.feedback.items()}
+            snn_reset(net)
+        # the second sequence started with one Adam step (sign-like, of size lr), not T of them
+        assert all(0 < v.abs().max() <= 1e-2 * 1.0001 for v in first.values())
+    assert session.method.optimizer.state[next(iter(session.method.matrices.values()))]["step"] == 2
 
 
 def test_local_learning_adds_each_layers_readout_error():

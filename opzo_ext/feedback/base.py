@@ -52,6 +52,9 @@ class Feedback:
         """With several processes, every step runs collectives (all ranks must take part)."""
         return False
 
+    def update_feedback(self) -> None:
+        """Once per optimizer step of the network: update learned feedback (only DKP)."""
+
     def record_loss(self, losses: torch.Tensor, weight: float) -> list:
         """Each sample's loss of the latest steps (:meth:`Session.loss <opzo_ext.Session.loss>`),
         weighted by ``weight`` in the reduced loss; returns the calls that take them (only ZO)."""

@@ -2,13 +2,16 @@
 C.3.2 of the paper): DFA whose feedback matrices ``B_l`` ``[n_l, m]`` are learned.
 
 ``B_l`` starts at zero and is a parameter of its own Adam optimizer (``dkp_lr``,
-``dkp_weight_decay``); at every backward through the readout it takes one step with the gradient
+``dkp_weight_decay``; the paper optimises the feedback weights with Adam like the network). Every
+backward through the readout adds to its gradient
 
-    dB_l = sum_t a_l[t]^T e[t]        (a_l: the trace of layer l's own spikes, e = dL/do)
+    dB_l += sum_t a_l[t]^T e[t]        (a_l: the trace of layer l's own spikes, e = dL/do)
 
 i.e. the transpose of what the readout's weight gradient would be if layer ``l`` fed it, which
-keeps the direction of feedback and forward updates the same. Hidden layers receive
-``g_l = e @ B_l^T`` computed with ``B_l`` before that step.
+keeps the direction of feedback and forward updates the same; Adam takes one step per optimizer
+step of the network (:meth:`DKP.update_feedback`, after the user's ``optimizer.step()`` when the
+session knows the optimizer, else at the start of the next sequence). Hidden layers receive
+``g_l = e @ B_l^T`` with ``B_l`` as it is during the batch.
 """
 from __future__ import annotations
 
@@ -58,13 +61,19 @@ class DKP(Feedback):
                 b = self.matrices[name]
                 grad = all_reduce_sum(torch.einsum("tbn,tbm->nm", a.to(e_b.dtype), e_b))
                 b.grad = grad if b.grad is None else b.grad.add_(grad)
+        return signals
+
+    @torch.no_grad()
+    def update_feedback(self) -> None:
+        """One Adam step on every ``B_l`` with the gradient accumulated since the last one."""
+        if self.optimizer is not None and any(b.grad is not None for b in self.matrices.values()):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return signals
 
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["optimizer"] = self.optimizer.state_dict() if self.optimizer is not None else None
+        state["grads"] = {k: b.grad.clone() for k, b in self.matrices.items() if b.grad is not None}  # not yet stepped
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -73,3 +82,5 @@ class DKP(Feedback):
             params = list(self.matrices.values())
             self.optimizer = torch.optim.Adam(params, lr=self.config.dkp_lr, weight_decay=self.config.dkp_weight_decay)
             self.optimizer.load_state_dict(state["optimizer"])
+        for k, grad in state.get("grads", {}).items():
+            self.matrices[k].grad = grad.clone()
