@@ -49,8 +49,10 @@ class TrainConfig:
             loss (``session.local_loss(target)``) scaled by this factor; ``True`` means 0.01,
             ``False``/0 turns it off.
         lags: OPZO without temporal truncation (appendix E.2): the output of step ``t`` feeds back
-            to every earlier step ``t - k`` through one M per lag ``k``; weight gradients use the
-            spikes themselves (no traces). Needs one backward per sequence and single-step calls.
+            to every earlier step ``t - k`` through one M per lag ``k``, and each layer's own state
+            keeps its path through time (BPTT within the layer; spatial BP stays cut); weight
+            gradients use the spikes themselves (no traces). Needs one backward per sequence,
+            single-step calls and ``antithetic=False``.
         feedback_matrix: how M (or DFA's B) is stored, for memory:
 
             * ``"dense"``: float32, one row per neuron, ``[n_l, m]`` (the reference);
@@ -125,6 +127,10 @@ class TrainConfig:
         if self.lags and self.method != "opzo":
             raise ConfigError(f"lags=True is the pseudo-zeroth-order feedback of OPZO; it needs method='opzo', "
                               f"not {self.method!r}.")
+        if self.lags and self.antithetic:
+            raise ConfigError("lags=True needs independent noise at every step: pass antithetic=False. With "
+                              "antithetic pairs (z, -z on consecutive steps) the matrix of lag k would also "
+                              "see the noise of lag k - 1 and estimate the difference of two Jacobians.")
         if self.trace_lambda is not None and not 0.0 <= self.trace_lambda <= 1.0:
             raise ConfigError(f"trace_lambda={self.trace_lambda!r} must lie in [0, 1] (or be None for the neuron's leak).")
 

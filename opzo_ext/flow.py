@@ -74,7 +74,8 @@ class StepFlow:
         rec.fresh = token is not rec.last_state or (isinstance(token, torch.Tensor) and token.shape != step_shape)
         rec.steps, rec.batch = (x.shape[0] if multistep else 1), step_shape[0]
         self.last_neuron = rec
-        args, kwargs = rec.adapter.detach_state(rec.module, args, kwargs)
+        if not s.config.lags:  # lags=True keeps each layer's path through time within the sequence
+            args, kwargs = rec.adapter.detach_state(rec.module, args, kwargs)
         if rec.hidden and s.method.injects_noise() and s.config.inject == "before":
             rec.z = rec.noise.draw(x, rec.steps, rec.fresh)
             args = (torch.add(x, rec.z, alpha=s.alpha), *args[1:])

@@ -188,10 +188,10 @@ def test_sizes_for_nf_resnet34_at_224_are_checked_before_allocating():
 
 @pytest.mark.parametrize("options,match", [
     (dict(method="dfa", feedback_matrix="bf16"), "needs method='opzo'"),
-    (dict(method="opzo", feedback_matrix="lowrank", lags=True), "without lags"),
+    (dict(method="opzo", feedback_matrix="lowrank", lags=True, antithetic=False), "without lags"),
     (dict(method="opzo", feedback_matrix="lowrank", feedback_rank=0), "feedback_rank=0 must be a positive"),
     (dict(method="opzo", feedback_matrix="half"), "'bf16', 'lowrank'"),
-    (dict(method="opzo", feedback_matrix="channel", lags=True), "without lags"),
+    (dict(method="opzo", feedback_matrix="channel", lags=True, antithetic=False), "without lags"),
 ])
 def test_bad_storage_options_are_refused(options, match):
     with pytest.raises(opzo.ConfigError, match=match):

@@ -239,7 +239,7 @@ def test_an_empty_batch_is_refused_clearly():
 
 def test_lags_with_a_backward_per_step_is_refused_clearly():
     net = net_fc()
-    with opzo.train(net, method="opzo", lags=True) as s:
+    with opzo.train(net, method="opzo", lags=True, antithetic=False) as s:
         x, y = batches(1)[0]
         F.cross_entropy(net(x[0]), y).backward()
         with pytest.raises(opzo.OpzoError, match="lags=True.*one backward per sequence"):

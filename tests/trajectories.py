@@ -94,8 +94,8 @@ def cases() -> dict[str, tuple[str, str, dict]]:
         out[f"{net}/opzo/local"] = (net, "opzo", dict(local=0.1))
         out[f"{net}/dfa/local"] = (net, "dfa", dict(local=True))
     out["sj_fc_s/opzo/igl"] = ("sj_fc_s", "opzo", dict(igl="3"))
-    out["sj_fc_seq/opzo/lags"] = ("sj_fc_seq", "opzo", dict(lags=True))
-    out["sj_fc_seq/opzo/lags/paper"] = ("sj_fc_seq", "opzo", dict(lags=True, feedback_scale="paper"))
+    out["sj_fc_seq/opzo/lags"] = ("sj_fc_seq", "opzo", dict(lags=True, antithetic=False))
+    out["sj_fc_seq/opzo/lags/paper"] = ("sj_fc_seq", "opzo", dict(lags=True, antithetic=False, feedback_scale="paper"))
     return out
 
 
