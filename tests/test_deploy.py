@@ -37,6 +37,37 @@ def test_noisy_adds_gaussian_noise_before_every_neuron_and_goes_away():
             pass
 
 
+def test_noisy_after_every_convolution_of_a_residual_network():
+    """site='conv' (table 4's "after convolutional operations"): every conv output of NF-ResNet-34,
+    stem and both convolutions of every block, gets sigma * N(0, 1); nothing stays behind."""
+    net = nf_resnet34(num_classes=10).eval()
+    convs = [m for m in net.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    clean, noisy_out = [], []
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        hooks = [m.register_forward_hook(lambda mod, a, out: clean.append(out.clone())) for m in convs]
+        net(x)
+        for h in hooks:
+            h.remove()
+        functional.reset_net(net)
+        with opzo.noisy(net, sigma=0.5, seed=0, site="conv"):
+            hooks = [m.register_forward_hook(lambda mod, a, out: noisy_out.append(out.clone())) for m in convs]
+            net(x)  # the later hooks see noisy's output; the first conv's input is clean
+            for h in hooks:
+                h.remove()
+        functional.reset_net(net)
+    assert len(convs) == 1 + 2 * 16 + 3 and len(clean) == len(noisy_out) == len(convs)  # stem, blocks, shortcuts
+    diff = noisy_out[0] - clean[0]
+    assert abs(diff.std().item() - 0.5) < 0.01
+    assert all(not m._forward_hooks for m in net.modules())
+    with pytest.raises(ValueError, match="site='conv'.*no convolution"):
+        with opzo.noisy(small(), sigma=0.1, site="conv"):
+            pass
+    with pytest.raises(ValueError, match="site='bias' is not valid"):
+        with opzo.noisy(small(), sigma=0.1, site="bias"):
+            pass
+
+
 def test_feedback_size_is_checked_before_allocating():
     net = small()
     with pytest.raises(opzo.OpzoError, match=r"0\.00 GB \(48 entries.*more than the 0\.00 GB.*channel"):
