@@ -2,7 +2,8 @@
 
 An :class:`Attachment` registers the session's forward hooks and instance overrides (a synapse's
 ``forward``, a multi-step neuron's ``multi_step_forward``) and :meth:`Attachment.detach` takes every
-one of them off, restoring what the instance had before.
+one of them off, restoring what the instance had before. :func:`inject` is the sequence that puts
+a session's data flow (:mod:`opzo_ext.flow`) on the model.
 
 Copies of the model are plain models: ``copy.deepcopy(model)`` (``AveragedModel`` for EMA/SWA
 does it) and ``torch.save(model)`` inside a session give a model whose session hooks do nothing
@@ -16,6 +17,8 @@ import types
 from typing import Any, Callable, Optional
 
 from torch import nn
+
+from .traces import TraceState, fused_rule
 
 
 class _Hook:
@@ -108,3 +111,38 @@ class Attachment:
         removers, self._removers = self._removers, []
         for remove in reversed(removers):
             remove()
+
+
+def inject(session, attach: Attachment) -> None:
+    """Put ``session``'s per-step hooks on its model (once the layers are known): the neuron
+    pre-hooks and hooks, the stepwise loop of multi-step neurons, the traced ``forward`` of every
+    synapse fed by neurons, the readout hook, the health checks' gradient hooks and, with a known
+    optimizer, the update of learned feedback after each of its steps."""
+    topology, flow = session.topology, session.flow
+    modules = dict(session.model.named_modules())
+
+    def when_active(fn, rec):
+        return lambda module, *rest: fn(rec, *rest) if session.active(module) else None
+
+    for rec in flow.neurons.values():
+        attach.pre_hook(rec.module, when_active(flow.before, rec))
+        attach.post_hook(rec.module, when_active(flow.after, rec))
+        if hasattr(rec.adapter, "stepwise"):
+            attach.override(rec.module, "multi_step_forward",
+                            rec.adapter.stepwise(rec.module, lambda m=rec.module: session.active(m)))
+    for name, pres in topology.presynaptic.items():
+        if pres and session.config.trace == "trace" and not session.config.lags:
+            module, records = modules[name], [flow.neurons[p] for p in pres]
+            patched = "forward" in module.__dict__  # someone replaced this instance's forward: honour it
+            forward = flow.synapse(module, module.forward, None if patched else fused_rule(module),
+                                   TraceState(session.trace_lambda(records[0])), records)
+            attach.override(module, "forward", forward)
+    kind, name = topology.tap
+    if kind == "synapse":
+        pres = [flow.neurons[p] for p in topology.presynaptic.get(name, [])]
+        attach.post_hook(modules[name], lambda m, a, out: flow.readout(out, pres[0] if pres else flow.last_neuron)
+                         if session.active(m) else None)
+    for handle in session.health.attach():
+        attach.add(handle)
+    if session._optimizer is not None:  # learned feedback takes one step per optimizer step
+        attach.add(session._optimizer.register_step_post_hook(lambda *args: session.update_feedback()))

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
 from .errors import ConfigError
-from .noise import DISTRIBUTIONS, Alpha
+from .noise import DISTRIBUTIONS, Alpha, LinearAlpha
 
 METHOD_NAMES = ("bp", "opzo", "dfa", "dkp", "zo")
 FEEDBACK_MATRICES = ("auto", "dense", "channel", "bf16", "lowrank")  # storage of M (feedback_matrix=)
@@ -44,7 +44,8 @@ class TrainConfig:
         trace: ``"trace"`` (``a_hat = lam a_hat + s``, OTTT) or ``"spike"`` (``a_hat = s``).
         trace_lambda: decay of the traces; None takes each presynaptic neuron's leak.
         seed: seed of the session's noise and DFA matrices; None draws it from torch's global RNG.
-        dkp_lr, dkp_weight_decay: Adam settings of DKP's feedback matrices.
+        dkp_lr: Adam learning rate of DKP's feedback matrices (one step per optimizer step).
+        dkp_weight_decay: Adam weight decay of DKP's feedback matrices.
         local: local learning (appendix C.1): a Linear readout per hidden layer trained by its own
             loss (``session.local_loss(target)``) scaled by this factor; ``True`` means 0.01,
             ``False``/0 turns it off.
@@ -151,6 +152,12 @@ class TrainConfig:
         return value
 
     def as_dict(self) -> dict:
+        """The options as data (a ``linear_alpha`` schedule as its parameters; another function as
+        its repr, which cannot be restored)."""
         d = asdict(self)
-        d["alpha"] = repr(self.alpha) if callable(self.alpha) else self.alpha
+        if isinstance(self.alpha, LinearAlpha):
+            d["alpha"] = {"schedule": "linear_alpha", "start": self.alpha.start, "end": self.alpha.end,
+                          "epochs": self.alpha.epochs}
+        elif callable(self.alpha):
+            d["alpha"] = repr(self.alpha)
         return d

@@ -5,6 +5,7 @@ say why, into a message naming the problem and the fix, or makes the case work.
 * :func:`warn_eval`: a model in eval mode with gradients inside a session (plain BPTT);
 * :func:`check_input`: an empty batch;
 * :func:`check_join`: ``DistributedDataParallel.join()`` with a method whose steps need every rank;
+* :func:`check_schedule`: an alpha schedule never advanced;
 * :class:`OptimizerGroup`: the session's readouts are in the user's optimizer only while it is open.
 """
 from __future__ import annotations
@@ -72,6 +73,18 @@ def check_join(session) -> None:
             "gradients) between all ranks, which a rank that has run out of batches cannot take part in. "
             "Give every rank the same number of batches (DistributedSampler(..., drop_last=True) and a "
             "DataLoader with drop_last=True) and train without join().")
+
+
+def check_schedule(session) -> None:
+    """On close: an alpha schedule whose epoch was never set nor advanced during training."""
+    alpha = session.config.alpha
+    epochs = getattr(alpha, "epochs", None)
+    if callable(alpha) and not session._epoch_set and session.steps > 0 and epochs != 1:
+        warnings.warn(
+            f"alpha follows a schedule, but session.epoch was never advanced: it stayed 0 for all "
+            f"{session.steps} training steps, so alpha was {session.alpha:g} throughout. Call "
+            "session.next_epoch() at the end of each epoch (or set session.epoch = epoch at its start).",
+            stacklevel=3)
 
 
 class OptimizerGroup:

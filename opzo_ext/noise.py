@@ -7,6 +7,8 @@ uses ``z`` and ``-z`` on alternate time steps of one sequence (appendix C.2).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Callable, Optional, Union
 
 import torch
@@ -84,15 +86,24 @@ class NoiseSource:
 Alpha = Union[float, Callable[[int], float]]
 
 
-def linear_alpha(start: float = 0.2, end: float = 0.01, epochs: int = 50) -> Callable[[int], float]:
+@dataclass(frozen=True)
+class LinearAlpha:
+    """alpha decaying linearly from ``start`` (epoch 0) to ``end`` (epoch ``epochs - 1``), then
+    constant; a callable ``epoch -> alpha`` that is saved as data in session states."""
+
+    start: float
+    end: float
+    epochs: int
+
+    def __call__(self, epoch: int) -> float:
+        frac = min(max(epoch, 0), self.epochs - 1) / max(self.epochs - 1, 1)
+        return self.start + (self.end - self.start) * frac
+
+
+def linear_alpha(start: float = 0.2, end: float = 0.01, epochs: int = 50) -> LinearAlpha:
     """The paper's schedule: alpha decays linearly from ``start`` (epoch 0) to ``end`` (last epoch
-    ``epochs - 1``). Pass it as ``opzo.train(..., alpha=linear_alpha(...))`` and set
-    ``session.epoch`` at the start of each epoch."""
+    ``epochs - 1``). Pass it as ``opzo.train(..., alpha=linear_alpha(...))`` and call
+    ``session.next_epoch()`` at the end of each epoch (or set ``session.epoch``)."""
     if epochs < 1:
         raise ValueError(f"linear_alpha needs epochs >= 1, got {epochs}.")
-
-    def alpha(epoch: int) -> float:
-        frac = min(max(epoch, 0), epochs - 1) / max(epochs - 1, 1)
-        return start + (end - start) * frac
-
-    return alpha
+    return LinearAlpha(float(start), float(end), int(epochs))

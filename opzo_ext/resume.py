@@ -128,7 +128,8 @@ def load(session, state: dict) -> None:
 
 
 def _apply(session, state: dict) -> None:
-    session.epoch, session.steps, session._seed = state["epoch"], state["steps"], state["seed"]
+    session._epoch, session.steps, session._seed = state["epoch"], state["steps"], state["seed"]
+    session._epoch_set = session._epoch_set or state["epoch"] > 0
     session.method.load_state_dict(state["feedback"])
     if session.igl_method is not None and state.get("igl_feedback") is not None:
         session.igl_method.load_state_dict(state["igl_feedback"])

@@ -19,7 +19,7 @@ from . import health as _health
 from . import resume
 from . import summary as _summary
 from .adapters import check_model, find_adapter
-from .attachment import Attachment
+from .attachment import Attachment, inject
 from .config import TrainConfig
 from .discovery import Topology, discover
 from .distributed import share_parameters, shared_seed, world
@@ -30,7 +30,6 @@ from .feedback.zo import LossTap
 from .feedback.sizing import channel_groups, init_matrices, layer_shapes
 from .flow import NeuronState, StepFlow
 from .noise import NoiseSource
-from .traces import TraceState, fused_rule
 
 _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
@@ -44,7 +43,8 @@ class Session:
         feedback: neuron name -> feedback matrix ``[n_l, m]`` in use (M for opzo, B for dfa);
             with ``feedback_matrix="lowrank"`` the product ``A B^T`` is formed on each access (the
             factors themselves are in ``session.method.matrices``).
-        epoch: current epoch, read by an alpha schedule; set it at the start of each epoch.
+        epoch: current epoch, read by an alpha schedule; advance it with :meth:`next_epoch` at the
+            end of each epoch (or set it).
         steps: number of time steps trained so far.
         local_readouts: the session's own readouts (``local``, ``igl``); train them with
             :meth:`parameters` and :meth:`local_loss`.
@@ -62,7 +62,7 @@ class Session:
         self._group = guards.OptimizerGroup(optimizer)  # the local readouts in the user's optimizer
         self.local_readouts = nn.ModuleDict()  # local learning, intermediate readout
         self.local_outputs: dict[str, list] = {}  # readout outputs since the last local_loss
-        self.epoch, self.steps = 0, 0
+        self._epoch, self._epoch_set, self.steps = 0, False, 0
         self.topology: Optional[Topology] = None
         self.layout: Optional[str] = None  # how the feedback matrices are stored, once created
         seed = config.seed if config.seed is not None else int(torch.randint(2**62, (1,)))
@@ -102,8 +102,23 @@ class Session:
                 **self.method.feedback_matrices()}
 
     @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch, self._epoch_set = int(value), True
+
+    @property
     def alpha(self) -> float:
+        """The noise scale now: ``config.alpha``, or its schedule at :attr:`epoch`."""
         return self.config.alpha_at(self.epoch)
+
+    def next_epoch(self) -> float:
+        """End of an epoch, like an LR scheduler's ``step()``: advances :attr:`epoch` (read by an
+        alpha schedule such as :func:`~opzo_ext.linear_alpha`) and returns the new alpha."""
+        self.epoch += 1
+        return self.alpha
 
     def summary(self) -> str:
         """What the session trains and how it is doing: the model, the method and its options, each
@@ -210,6 +225,8 @@ class Session:
         self._attachment.detach()
         if self._optimizer is None:
             self.update_feedback()
+        if self._open:
+            guards.check_schedule(self)
         self.flow.pending.clear()
         self.local_outputs.clear()
         if self._open:
@@ -250,7 +267,7 @@ class Session:
                                 seed=self._seed + 7919 * (index + 1) + 1_000_003 * self._rank)
             rec = NeuronState(name, modules[name], adapter, name in hidden, noise)
             if rec.hidden:
-                rec.activity = self.method.activity_trace(self._trace_lambda(rec))
+                rec.activity = self.method.activity_trace(self.trace_lambda(rec))
             self.flow.neurons[name] = rec
         resume.adopt(self)
         resume.load_noise(self)
@@ -277,30 +294,7 @@ class Session:
 
     def _hook(self) -> None:
         """Every hook and override of an open session (at each open, once the layers are known)."""
-        attach, topology, flow = self._attachment, self.topology, self.flow
-        modules = dict(self.model.named_modules())
-        for rec in flow.neurons.values():
-            attach.pre_hook(rec.module, self._when_active(flow.before, rec))
-            attach.post_hook(rec.module, self._when_active(flow.after, rec))
-            if hasattr(rec.adapter, "stepwise"):
-                attach.override(rec.module, "multi_step_forward",
-                                rec.adapter.stepwise(rec.module, lambda m=rec.module: self.active(m)))
-        for name, pres in topology.presynaptic.items():
-            if pres and self.config.trace == "trace" and not self.config.lags:
-                module, records = modules[name], [flow.neurons[p] for p in pres]
-                patched = "forward" in module.__dict__  # someone replaced this instance's forward: honour it
-                forward = flow.synapse(module, module.forward, None if patched else fused_rule(module),
-                                       TraceState(self._trace_lambda(records[0])), records)
-                attach.override(module, "forward", forward)
-        kind, name = topology.tap
-        if kind == "synapse":
-            pres = [flow.neurons[p] for p in topology.presynaptic.get(name, [])]
-            attach.post_hook(modules[name], lambda m, a, out: flow.readout(out, pres[0] if pres else flow.last_neuron)
-                             if self.active(m) else None)
-        for handle in self.health.attach():
-            attach.add(handle)
-        if self._optimizer is not None:  # learned feedback takes one step per optimizer step
-            attach.add(self._optimizer.register_step_post_hook(lambda *args: self.update_feedback()))
+        inject(self, self._attachment)
         self._group.join(self.local_readouts.parameters())
 
     def update_feedback(self) -> None:
@@ -311,10 +305,7 @@ class Session:
             if method is not None:
                 method.update_feedback()
 
-    def _when_active(self, fn, rec: NeuronState):
-        return lambda module, *rest: fn(rec, *rest) if self.active(module) else None
-
-    def _trace_lambda(self, rec: NeuronState) -> float:
+    def trace_lambda(self, rec: NeuronState) -> float:
         """Decay of the traces of ``rec``'s spikes: the option, else the neuron's own leak."""
         if self.config.trace == "spike" or self.config.lags:
             return 0.0
@@ -336,8 +327,11 @@ def train(model: nn.Module, method: str = "opzo", *, config: Optional[TrainConfi
         with opzo.train(net, method="opzo") as session:
             ...  # the usual loop: out = net(x[t]); loss.backward(); optimizer.step()
 
-    ``options`` are the fields of :class:`TrainConfig` (``alpha``, ``momentum``, ``noise``,
-    ``inject``, ``antithetic``, ``scale_by_alpha``, ``trace``, ``trace_lambda``, ``seed``).
+    ``options`` are the fields of :class:`TrainConfig` (see it for each one's meaning and the
+    paper's value): ``alpha`` (a number or a schedule such as ``linear_alpha(0.2, 0.01, epochs)``),
+    ``momentum``, ``noise``, ``inject``, ``antithetic``, ``feedback_scale``, ``scale_by_alpha``,
+    ``trace``, ``trace_lambda``, ``seed``, ``dkp_lr``, ``dkp_weight_decay``, ``local``, ``igl``,
+    ``lags``, ``max_feedback_gb``, ``feedback_matrix``, ``feedback_rank``, ``health``.
     ``example_input`` (one step's input) discovers the model's layers on entry instead of at the
     first training step. ``optimizer``: the session adds the parameters it owns (local readouts)
     to it while it is open. The returned :class:`Session` is also usable without ``with``:

@@ -304,3 +304,38 @@ def test_ddp_join_is_refused_up_front_on_every_rank(tmp_path):
     mp.spawn(_join_worker, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
     for rank in (0, 1):
         assert "join() (uneven inputs) cannot run a method='opzo'" in torch.load(tmp_path / f"out.{rank}")
+
+
+# ------------------------------------------------------------------ the alpha schedule
+def test_an_alpha_schedule_never_advanced_warns_on_close():
+    net = net_fc()
+    with pytest.warns(UserWarning, match=r"session.epoch was never advanced.*next_epoch"):
+        with opzo.train(net, method="opzo", alpha=opzo.linear_alpha(0.2, 0.01, epochs=3)):
+            train_batch(net, *batches(1)[0])
+
+
+def test_next_epoch_advances_the_schedule_like_a_scheduler_step():
+    import warnings
+
+    net = net_fc()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning once the epochs advance
+        with opzo.train(net, method="opzo", alpha=opzo.linear_alpha(0.2, 0.01, epochs=3)) as s:
+            alphas = [s.alpha]
+            for x, y in batches(2):
+                train_batch(net, x, y)
+                alphas.append(s.next_epoch())
+    assert alphas == pytest.approx([0.2, 0.105, 0.01]) and s.epoch == 2
+
+
+def test_a_linear_alpha_schedule_is_saved_as_data():
+    net = net_fc()
+    with opzo.train(net, method="opzo", alpha=opzo.linear_alpha(0.2, 0.01, epochs=5)) as s:
+        train_batch(net, *batches(1)[0])
+        s.epoch = 0
+        state = s.state_dict()
+    assert state["config"]["alpha"] == {"schedule": "linear_alpha", "start": 0.2, "end": 0.01, "epochs": 5}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)  # plain data: loads without unpickling code
