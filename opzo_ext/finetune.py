@@ -3,6 +3,10 @@
     opzo-finetune --checkpoint runs/mnist-bp/checkpoint.pt --preset mnist --sigma 0.3 --method opzo
     opzo-finetune --checkpoint ottt_nfresnet34.pth --preset imagenet --sigma 0.1 --method opzo --epochs 5
 
+``--epochs`` defaults to the preset's ``finetune_epochs``: 5 for ``imagenet`` (table 4 of the
+paper fine-tunes 5 epochs), 1 for the small presets (the runs in ``docs/results/finetune*.md``).
+A progress bar per epoch shows the fine-tuning (``--quiet``: none).
+
 The second line is table 4 itself: OTTT's pre-trained NF-ResNet-34 on ImageNet (``--data-root``
 holding ``imagenet/train`` and ``imagenet/val``, see :mod:`opzo_ext.data.imagenet`), batch 64,
 AdamW 2e-6 (ZO 2e-7) without weight decay.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,9 +35,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .cli import MODELS, _reset, _step_inputs, add_feedback_options, evaluate
+from ._optional import require
+from .cli import (MODELS, _reset, _step_inputs, add_download_option, add_feedback_options, check_device, evaluate,
+                  load_dataset, positive_int, save_atomically, sigterm_unwinds)
 from .config import FEEDBACK_SCALES, METHOD_NAMES, TrainConfig
-from .data import get_dataset
 from .deploy import noisy
 from .errors import OpzoError
 from .losses import instantaneous_loss
@@ -65,8 +71,20 @@ def run(args: argparse.Namespace) -> dict:
     _check_method(args)
     if args.save is not None and args.save.exists():  # checked before the run, never overwritten
         raise OpzoError(f"--save {args.save} exists; choose another file or move it away first.")
+    for flag, path in (("--save", args.save), ("--json", args.json)):  # checked before the run too
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OpzoError(f"{flag} {path}: cannot create its folder ({exc}); choose another file.") from None
+            if not os.access(path.parent, os.W_OK):
+                raise OpzoError(f"{flag} {path}: its folder is not writable; choose another file.")
+    check_device(args.device)
+    tqdm = require("tqdm", "opzo-finetune").tqdm
     torch.manual_seed(args.seed)  # the noise bp/dfa/dkp train under comes from torch's global RNG
     preset = PRESETS[args.preset]
+    if args.epochs is None:
+        args.epochs = preset.finetune_epochs
     config = TrainConfig(method=args.method, alpha=args.sigma, inject="before", antithetic=False,  # checked first
                          momentum=preset.momentum, feedback_scale=args.feedback_scale or preset.feedback_scale,
                          seed=args.seed,
@@ -80,12 +98,13 @@ def run(args: argparse.Namespace) -> dict:
     model = MODELS[model_name](**kwargs).to(args.device)
     try:
         report = load_ottt_checkpoint(model, args.checkpoint, strict=not args.non_strict)
-    except (CheckpointError, FileNotFoundError) as exc:
-        raise OpzoError(str(exc)) from exc
+    except (CheckpointError, FileNotFoundError, IsADirectoryError) as exc:  # the loader's advice, as flags
+        raise OpzoError(str(exc).replace("Pass strict=False", "Pass --non-strict")
+                        .replace("strict=False", "--non-strict")) from exc
     if not report.ok:
         print(f"checkpoint loaded with differences:\n{report}", file=sys.stderr)
-    test_set = get_dataset(preset.dataset, args.data_root, train=False)
-    train_set = get_dataset(preset.dataset, args.data_root, train=True)
+    test_set = load_dataset(preset, args, train=False)
+    train_set = load_dataset(preset, args, train=True)
     if args.train_samples:
         train_set = Subset(train_set, range(min(args.train_samples, len(train_set))))
     test_loader = DataLoader(test_set, batch_size=preset.batch_size)
@@ -121,8 +140,13 @@ def run(args: argparse.Namespace) -> dict:
             session.epoch = epoch
             model.train()
             loader = DataLoader(train_set, batch_size=preset.batch_size, shuffle=True, generator=generator)
-            for b, (x, y) in enumerate(loader):
-                if args.limit_batches is not None and b >= args.limit_batches:
+            total = len(loader) if args.limit_batches is None else min(args.limit_batches, len(loader))
+            bar = tqdm(loader, total=total, leave=False, disable=args.quiet,
+                       desc=f"{'readout-only' if args.readout_only else args.method} fine-tuning epoch "
+                            f"{epoch + 1}/{args.epochs}")
+            loss_sum = seen = 0
+            for b, (x, y) in enumerate(bar):
+                if b >= total:
                     break
                 x, y = x.to(args.device), y.to(args.device)
                 _reset(model)
@@ -130,15 +154,19 @@ def run(args: argparse.Namespace) -> dict:
                 with (nullcontext() if perturbs else noisy(model, args.sigma)):
                     for x_t in _step_inputs(x, preset):
                         loss = instantaneous_loss(model(x_t), y, preset.mse_weight, steps=preset.steps, reduction="none")
-                        session.loss(loss).backward()  # each sample's loss: zo needs them
+                        loss = session.loss(loss)
+                        loss.backward()  # each sample's loss: zo needs them
+                        loss_sum = loss_sum + loss.detach() * len(y)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                seen += len(y)
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+            bar.close()
             _reset(model)
     result["noisy_acc_after"] = noisy_accuracy()
     result["clean_acc_after"] = evaluate(model, test_loader, preset, args.device, limit)
     if args.save is not None:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), args.save)
+        save_atomically(model.state_dict(), args.save)
     return result
 
 
@@ -154,20 +182,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--readout-only", action="store_true",
                    help="control: train only the readout (last Linear/Conv) with its exact gradient under the "
                         "noise (method bp), every other parameter frozen")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="epochs of fine-tuning (default: the preset's: 5 for imagenet as in table 4 of the paper, "
+                        "1 for the other presets)")
     p.add_argument("--feedback-scale", choices=FEEDBACK_SCALES, default=None,
                    help="what OPZO's feedback estimates (default: the preset's, 'jacobian'; 'paper': appendix C)")
     p.add_argument("--lr", type=float, default=None,
                    help="AdamW learning rate (default: the preset's; imagenet: 2e-6, ZO 2e-7 as in the paper)")
-    p.add_argument("--limit-batches", type=int, default=None)
-    p.add_argument("--limit-test-batches", type=int, default=None)
-    p.add_argument("--train-samples", type=int, default=None)
+    p.add_argument("--limit-batches", type=positive_int, default=None, help="at most N batches per epoch")
+    p.add_argument("--limit-test-batches", type=positive_int, default=None, help="evaluate on at most N batches")
+    p.add_argument("--train-samples", type=positive_int, default=None, help="use the first N training samples")
     p.add_argument("--non-strict", action="store_true", help="load the checkpoint entries that fit")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-root", default="data")
+    add_download_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="append the result as a JSON line here")
     p.add_argument("--save", type=Path, default=None, help="write the fine-tuned model's state dict here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_feedback_options(p)
     return p
 
@@ -175,7 +207,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
-        result = run(args)
+        with sigterm_unwinds():
+            result = run(args)
     except (OpzoError, RuntimeError) as exc:
         print(f"opzo-finetune: error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ class Preset:
     local_scale: float = 0.01
     finetune_lr: float = 2e-5  # opzo-finetune's AdamW learning rate (no weight decay)
     finetune_zo_lr: float = 2e-5
+    finetune_epochs: int = 1  # opzo-finetune's default --epochs (imagenet: 5, table 4 of the paper)
 
     def with_overrides(self, **values: Any) -> "Preset":
         return replace(self, **values)
@@ -45,7 +46,7 @@ PRESETS: dict[str, Preset] = {
                          batch_size=16, epochs=300, momentum=0.999999, mse_weight=0.001),
     # table 4: fine-tuning OTTT's NF-ResNet-34 (lr 2e-6, ZO 2e-7, no weight decay, batch 64)
     "imagenet": Preset("imagenet", "nf_resnet34", dict(num_classes=1000), batch_size=64, epochs=5, lr=2e-6,
-                       zo_lr=2e-7, weight_decay=0.0, finetune_lr=2e-6, finetune_zo_lr=2e-7),
+                       zo_lr=2e-7, weight_decay=0.0, finetune_lr=2e-6, finetune_zo_lr=2e-7, finetune_epochs=5),
     "cifar10dvs": Preset("cifar10dvs", "conv5", dict(in_channels=2, num_classes=10, input_size=48), steps=10, frames=True,
                          epochs=300, dropout=0.1, zo_lr=2e-5, mse_weight=0.001),
 }

@@ -132,3 +132,25 @@ def test_npz_cache_is_a_normal_npz(ds):
         assert set(z.files) == {"xyp", "t", "offsets", "targets", "params"}
         assert z["offsets"][-1] == len(z["t"]) == len(z["xyp"])
         assert np.array_equal(z["t"][: z["offsets"][1]], ds.events(0)["t"])
+
+
+def test_temporaries_of_a_killed_generation_are_removed(mnist_root):
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a finished process: its pid is no longer alive
+    probe = SimulatedNMNIST.__new__(SimulatedNMNIST)
+    probe.root, probe.train = os.fspath(mnist_root), False
+    probe.params = SimulatedNMNIST(mnist_root, train=False, num_samples=N).params
+    path = probe.cache_path(8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stale = [f"{path}.tmp{dead.pid}.xyp", f"{path}.tmp{dead.pid}.t", f"{path}.tmp{dead.pid}"]
+    live = f"{path}.tmp{os.getppid()}.xyp"  # a generation still running elsewhere is left alone
+    for name in (*stale, live):
+        with open(name, "wb") as f:
+            f.write(b"x" * 100)
+    ds = SimulatedNMNIST(mnist_root, train=False, num_samples=8)
+    assert len(ds) == 8 and os.path.isfile(path)
+    assert not any(os.path.exists(s) for s in stale) and os.path.exists(live)
+    os.unlink(live)

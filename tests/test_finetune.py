@@ -1,9 +1,11 @@
 """opzo-finetune on a tiny real-MNIST checkpoint: the three accuracies, and clean errors."""
 import json
 
+import pytest
 import torch
 
 from opzo_ext import cli, finetune
+from opzo_ext.presets import PRESETS
 
 TINY = ["--limit-test-batches", "2"]
 
@@ -59,6 +61,7 @@ def test_finetune_refuses_a_checkpoint_that_does_not_fit(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "fc1.weight" in err and "missing" in err.lower()
+    assert "Pass --non-strict" in err and "strict=False" not in err  # the command's flag
 
 
 def test_finetune_refuses_a_storage_the_method_has_no_use_for(tmp_path, capsys):
@@ -68,3 +71,45 @@ def test_finetune_refuses_a_storage_the_method_has_no_use_for(tmp_path, capsys):
                           "--feedback-matrix", "bf16", *TINY])
     assert code == 2
     assert "feedback_matrix='bf16'" in capsys.readouterr().err
+
+
+def test_finetune_shows_progress_and_defaults_to_the_presets_epochs(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "pre"
+    assert cli.main(["--preset", "mnist", "--method", "bp", "--epochs", "1", "--limit-batches", "2", "--quiet",
+                     "--set", "steps=2", "--out", str(out), *TINY]) == 0
+    capsys.readouterr()
+    results = tmp_path / "ft.jsonl"
+    base = ["--checkpoint", str(out / "checkpoint.pt"), "--preset", "mnist", "--sigma", "1.0", "--method", "opzo",
+            "--limit-batches", "2", "--json", str(results), *TINY]
+    assert finetune.main(base) == 0
+    err = capsys.readouterr().err
+    assert "opzo fine-tuning epoch 1/1" in err and "loss=" in err  # the progress bar
+    assert json.loads(results.read_text())["epochs"] == 1  # mnist's default
+    assert finetune.main([*base, "--quiet"]) == 0
+    assert "fine-tuning epoch" not in capsys.readouterr().err
+    # table 4 fine-tunes 5 epochs; --help says which default applies
+    assert PRESETS["imagenet"].finetune_epochs == 5 and PRESETS["mnist"].finetune_epochs == 1
+    assert "5 for imagenet" in " ".join(finetune.parser().format_help().split())
+    # --download reaches the loaders
+    seen = []
+
+    def fake(name, root, train=True, download=None, **kwargs):
+        seen.append(download)
+        raise RuntimeError("no data here. Pass download=True to let tonic download it")
+
+    monkeypatch.setattr(cli, "get_dataset", fake)
+    assert finetune.main([*base, "--quiet", "--download"]) == 2
+    assert seen == [True]
+    assert "Pass --download" in capsys.readouterr().err
+
+
+def test_finetune_refuses_bad_values_cleanly(tmp_path, capsys):
+    path = tmp_path / "any.pt"
+    torch.save({}, path)
+    base = ["--checkpoint", str(path), "--preset", "mnist", "--sigma", "0.1", "--method", "opzo"]
+    assert finetune.main([*base, "--device", "cdua"]) == 2
+    assert "opzo-finetune: error: --device 'cdua'" in capsys.readouterr().err
+    for bad in (["--epochs", "0"], ["--limit-batches", "-1"]):
+        with pytest.raises(SystemExit):
+            finetune.main([*base, *bad])
+        assert "must be at least 1" in capsys.readouterr().err

@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -279,6 +280,29 @@ def _npz_memmap(path: str, name: str) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Delete the temporary files (``<path>.tmp<pid>*``, up to a few GB for the full training set)
+    left by a generation of ``path`` whose process was killed before it could clean up."""
+    folder, name = os.path.split(path)
+    for entry in os.listdir(folder or "."):
+        match = re.fullmatch(re.escape(name) + r"\.tmp(\d+)(\..*)?", entry)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            try:
+                os.unlink(os.path.join(folder, entry))
+            except FileNotFoundError:
+                pass  # removed by a concurrent run
+
+
 class SimulatedNMNIST(torch.utils.data.Dataset):
     """N-MNIST-like events simulated from MNIST (**a simulation, not N-MNIST**; see the module doc).
 
@@ -390,6 +414,7 @@ class SimulatedNMNIST(torch.utils.data.Dataset):
     def _generate_to_file(self, path: str, images: np.ndarray, labels: np.ndarray) -> None:
         """Generate and write the cache (events streamed through temporary files, so memory stays small)."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        _remove_stale_temporaries(path)
         stem = f"{path}.tmp{os.getpid()}"
         tmp_xyp, tmp_t, tmp_npz = stem + ".xyp", stem + ".t", stem
         try:
