@@ -482,11 +482,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_feedback_options(p: argparse.ArgumentParser) -> None:
+def add_feedback_options(p: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--feedback-matrix`` / ``--feedback-rank``: how M is stored (:class:`~opzo_ext.TrainConfig`)."""
-    p.add_argument("--feedback-matrix", default="auto", choices=FEEDBACK_MATRICES,
+    p.add_argument("--feedback-matrix", default=default, choices=FEEDBACK_MATRICES,
                    help="storage of the feedback matrices: dense float32, one row per conv channel, bfloat16, "
-                        "or rank --feedback-rank (default auto: dense if it fits, else channel)")
+                        f"or rank --feedback-rank (default {default}" +
+                        (": dense if it fits, else channel)" if default == "auto" else ")"))
     p.add_argument("--feedback-rank", type=positive_int, default=64, help="rank of --feedback-matrix lowrank")
 
 

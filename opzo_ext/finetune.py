@@ -163,6 +163,11 @@ def run(args: argparse.Namespace) -> dict:
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
             bar.close()
             _reset(model)
+    result["feedback_layout"] = session.layout  # what the session used: recorded with the results
+    if session.layout not in (None, "dense") and args.feedback_matrix == "auto":
+        print(f"opzo-finetune: WARNING: the feedback matrices do not fit dense; this run used "
+              f"feedback_matrix={session.layout!r}, an approximation the paper does not use "
+              "(recorded as feedback_layout in the results).", file=sys.stderr)
     result["noisy_acc_after"] = noisy_accuracy()
     result["clean_acc_after"] = evaluate(model, test_loader, preset, args.device, limit)
     if args.save is not None:
@@ -200,7 +205,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="append the result as a JSON line here")
     p.add_argument("--save", type=Path, default=None, help="write the fine-tuned model's state dict here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_feedback_options(p)
+    add_feedback_options(p, default="dense")  # the paper's M; another layout only when asked
     return p
 
 

@@ -20,7 +20,8 @@ def test_finetune_reports_clean_noisy_before_and_after(tmp_path, capsys):
                               "--method", method, "--limit-batches", "2", "--json", str(results), *storage, *TINY])
         assert code == 0
     lines = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [(r["method"], r["feedback_matrix"]) for r in lines] == [("opzo", "lowrank"), ("dfa", "auto")]
+    assert [(r["method"], r["feedback_matrix"]) for r in lines] == [("opzo", "lowrank"), ("dfa", "dense")]
+    assert [r["feedback_layout"] for r in lines] == ["lowrank", "dense"]  # what was used, recorded
     for r in lines:
         assert 0 <= r["noisy_acc_before"] <= 1 and 0 <= r["noisy_acc_after"] <= 1
         assert r["clean_acc"] > 0.5  # the checkpoint was really loaded (chance is 0.1)
