@@ -16,7 +16,7 @@ neuron output and may take over the readout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -146,8 +146,10 @@ class StepFlow:
         records = [self.pending.pop(n) for n in names]
         steps = pre.steps if pre is not None else 1
         batch = pre.batch if pre is not None else o.shape[0]
-        call = TapCall(method, names, self.session.alpha, steps, batch)
-        call = replace(call, z=tuple(None if r.z is None else call.as_steps(r.z) for r in records),
-                       activity=tuple(None if r.activity is None else call.as_steps(r.activity) for r in records))
-        ctx = method.step(call, call.as_steps(o.detach()), self.live.all_done())
-        return tap(o, replace(call, z=(), activity=(), ctx=ctx), [r.spike for r in records], self.live.token())
+        alpha = self.session.alpha
+        z = tuple(None if r.z is None else r.z.reshape(steps, batch, -1) for r in records)
+        activity = tuple(None if r.activity is None else r.activity.reshape(steps, batch, -1) for r in records)
+        call = TapCall(method, names, alpha, steps, batch, z, activity)
+        ctx = method.step(call, o.detach().reshape(steps, batch, -1), self.live.all_done())
+        return tap(o, TapCall(method, names, alpha, steps, batch, ctx=ctx), [r.spike for r in records],
+                   self.live.token())
