@@ -20,13 +20,13 @@ all the runs there; its hand-written reading (after the marker line) is kept.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402 (benchmarks/ is on the path)
 
 # variant -> opzo-finetune arguments
 VARIANTS = {
@@ -38,21 +38,10 @@ VARIANTS = {
 }
 LABELS = {"readout-only": "readout only (control)", "opzo": "opzo (`feedback_scale=\"jacobian\"`, default)",
           "opzo-paper": "opzo, `feedback_scale=\"paper\"`"}
-READING = "<!-- reading: written by hand, kept when the table is rewritten -->"
 
 
 def key(r: dict) -> tuple:
     return r["checkpoint"], r["preset"], float(r["sigma"]), float(r["lr"]), r["epochs"], r["variant"], r["seed"]
-
-
-def load_runs(path: Path) -> dict:
-    runs = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                runs[key(r)] = r
-    return runs
 
 
 def run_one(args, variant: str, lr: float, seed: int) -> dict:
@@ -154,11 +143,8 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    for path in (args.runs, args.out):  # check the destinations before the training
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    runs = load_runs(args.runs)
+    check_destinations(args.runs, args.out)
+    runs = load_runs(args.runs, key)
     if not args.table_only:
         if not Path(args.checkpoint).exists():
             sys.exit(f"no checkpoint at {args.checkpoint}; make it with\n"
@@ -170,15 +156,11 @@ def main(argv=None) -> None:
                     if k in runs:
                         continue
                     r = runs[k] = run_one(args, variant, lr, seed)
-                    with open(args.runs, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+                    append_run(args.runs, r)
                     print(f"lr {lr:g} seed {seed} {variant:12s}: noisy {100 * r['noisy_acc_before']:.2f} -> "
                           f"{100 * r['noisy_acc_after']:.2f}, clean after {100 * r['clean_acc_after']:.2f} "
                           f"({r['seconds']:.0f} s)", flush=True)
-    old = args.out.read_text() if args.out.exists() else ""
-    reading = old[old.index(READING):] if READING in old else READING + "\n"  # hand-written, kept
-    args.out.write_text(table(runs) + "\n" + reading)
-    print(f"wrote {args.out}")
+    write_page(args.out, table(runs))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402 (benchmarks/ is on the path)
 
 # setup key -> (module, title, budget keywords of run(), setup overrides, what the budget is)
 SETUPS = {
@@ -48,20 +48,9 @@ VARIANTS = {
     "zo": ("zo", {}, False),
     "readout-only": ("bp", {}, True),
 }
-READING = "<!-- reading: written by hand, kept when the table is rewritten -->"
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
           "readout-only": "readout only (control)"}
-
-
-def load_runs(path: Path) -> dict:
-    runs = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                runs[r["setup"], r["variant"], r["seed"]] = r
-    return runs
 
 
 def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
@@ -109,11 +98,8 @@ def main(argv=None) -> None:
     p.add_argument("--data-root", default=str(ROOT / "data"))
     p.add_argument("--table-only", action="store_true", help="only rewrite --out from --runs")
     args = p.parse_args(argv)
-    for path in (args.runs, args.out):  # check the destinations before hours of training
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    runs = load_runs(args.runs)
+    check_destinations(args.runs, args.out)
+    runs = load_runs(args.runs, lambda r: (r["setup"], r["variant"], r["seed"]))
     if not args.table_only:
         for setup in args.setups:
             for variant in args.variants:
@@ -122,14 +108,10 @@ def main(argv=None) -> None:
                         continue
                     start = time.perf_counter()
                     r = runs[setup, variant, seed] = run_one(setup, variant, seed, args.data_root)
-                    with open(args.runs, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+                    append_run(args.runs, r)
                     print(f"{setup:3s} {variant:13s} seed {seed}: {r['accuracy']:5.1f}%  "
                           f"({time.perf_counter() - start:.0f} s)", flush=True)
-    old = args.out.read_text() if args.out.exists() else ""
-    reading = old[old.index(READING):] if READING in old else READING + "\n"  # hand-written, kept
-    args.out.write_text(table(runs, args.seeds) + "\n" + reading)
-    print(f"wrote {args.out}")
+    write_page(args.out, table(runs, args.seeds))
 
 
 if __name__ == "__main__":
