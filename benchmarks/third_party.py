@@ -43,6 +43,8 @@ VARIANTS = {
     "opzo": ("opzo", {}, False),
     "opzo-corrected": ("opzo", {"feedback_scale": "corrected"}, False),
     "opzo-paper": ("opzo", {"feedback_scale": "paper"}, False),
+    "opzo-m0.9999": ("opzo", {"momentum": 0.9999}, False),  # a shorter memory of M (window ~1e4 updates)
+    "opzo-m0.999": ("opzo", {"momentum": 0.999}, False),  # window ~1e3 updates
     "dfa": ("dfa", {}, False),
     "dkp": ("dkp", {}, False),
     "zo": ("zo", {}, False),
@@ -50,6 +52,7 @@ VARIANTS = {
 }
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
+          "opzo-m0.9999": "opzo, `momentum=0.9999`", "opzo-m0.999": "opzo, `momentum=0.999`",
           "readout-only": "readout only (control)"}
 
 
