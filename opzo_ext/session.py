@@ -22,14 +22,13 @@ from .adapters import check_model, find_adapter
 from .attachment import Attachment, inject
 from .config import TrainConfig
 from .discovery import Topology, discover
-from .distributed import share_parameters, shared_seed, world
+from .distributed import shared_seed, world
 from .errors import OpzoError
 from .extensions import IntermediateReadout, extensions_for, readout_loss
 from .feedback import method_class
 from .feedback.zo import LossTap
-from .feedback.sizing import channel_groups, init_matrices, layer_shapes
+from .build import build, init_matrices
 from .flow import NeuronState, StepFlow
-from .noise import NoiseSource
 
 _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
@@ -257,40 +256,12 @@ class Session:
         self._hook()
 
     def _build(self, topology: Topology) -> None:
-        """Once, when the layers are known: neuron records, noise, feedback matrices, readouts."""
-        self.topology = topology
-        modules = dict(self.model.named_modules())
-        hidden = set(topology.hidden) if self.method.uses_tap() else set()
-        for index, name in enumerate(topology.neurons):
-            adapter = find_adapter(modules[name])
-            noise = NoiseSource(self.config.noise, self.config.antithetic,
-                                seed=self._seed + 7919 * (index + 1) + 1_000_003 * self._rank)
-            rec = NeuronState(name, modules[name], adapter, name in hidden, noise)
-            if rec.hidden:
-                rec.activity = self.method.activity_trace(self.trace_lambda(rec))
-            self.flow.neurons[name] = rec
-        resume.adopt(self)
-        resume.load_noise(self)
-        shapes = layer_shapes(topology, self.flow.neurons)
-        readouts = {k: v for e in self.extensions for k, v in e.readouts(shapes).items()}
-        self._init_matrices()
-        if readouts:
-            like = next(self.model.parameters())
-            self.local_readouts = nn.ModuleDict({
-                key: nn.Linear(n, m, device=like.device, dtype=like.dtype) for key, (n, m) in readouts.items()})
-            resume.load_local(self)
-            share_parameters(self.local_readouts.parameters())  # multi-process: not inside the user's DDP
+        """Once, when the layers are known (:func:`opzo_ext.build.build`)."""
+        build(self, topology)
 
     def _init_matrices(self) -> None:
-        """Create (or check loaded) feedback matrices ``[n_l, m]``."""
-        shapes = {n: s for n, s in layer_shapes(self.topology, self.flow.neurons).items()
-                  if self.flow.neurons[n].hidden}
-        before = self.igl_layers
-        owners = [(self.method, [n for n in shapes if n not in before])]
-        if self.igl_method is not None:
-            owners.append((self.igl_method, before))
-        self.layout = init_matrices(owners, shapes, channel_groups(self.topology, self.flow.neurons), self.config,
-                                    next(self.model.parameters()))
+        """Create (or check loaded) feedback matrices (:func:`opzo_ext.build.init_matrices`)."""
+        init_matrices(self)
 
     def _hook(self) -> None:
         """Every hook and override of an open session (at each open, once the layers are known)."""
