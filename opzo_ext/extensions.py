@@ -122,12 +122,12 @@ class Lags(Extension):
                 entries.append((name, k))
                 spikes.append(history[-1 - k][0])
                 z.append(history[-1 - k][1])
-        method = self.session.method
-        call = TapCall(method, tuple(entries), self.session.alpha, 1, pre.batch if pre is not None else o.shape[0])
-        call = TapCall(method, call.layers, call.alpha, 1, call.batch, z=tuple(call.as_steps(t) for t in z))
-        ctx = method.step(call, call.as_steps(o.detach()))
+        method, alpha = self.session.method, self.session.alpha
+        batch, entries = pre.batch if pre is not None else o.shape[0], tuple(entries)
+        call = TapCall(method, entries, alpha, 1, batch, z=tuple(t.reshape(1, batch, -1) for t in z))
+        ctx = method.step(call, o.detach().reshape(1, batch, -1))
         self.tokens.append(TapToken())
-        return tap(o, TapCall(method, call.layers, call.alpha, 1, call.batch, ctx=ctx), spikes, self.tokens[-1])
+        return tap(o, TapCall(method, entries, alpha, 1, batch, ctx=ctx), spikes, self.tokens[-1])
 
 
 def readout_loss(outputs: dict[str, list], target: torch.Tensor, loss_fn) -> torch.Tensor:
