@@ -10,8 +10,9 @@ with ``L[t, b]`` the loss of sample ``b`` the user hands to :meth:`Session.loss
 its weight in what is backpropagated: ``1 / numel`` for the mean ``session.loss`` returns, times
 whatever scales it afterwards (``/ T``, a sum with other terms), read in backward
 (:class:`LossTap`). A per-sample loss ``[B]`` handed once for several steps (one loss over a
-sequence) multiplies the noise of each of those steps. The batch loss alone would also be unbiased, but every sample's
-noise would be multiplied by the losses of all the others (about ``B`` times the variance).
+sequence) multiplies the noise of each of those steps. The batch loss for every sample would also
+be unbiased, but each sample's signal would carry the losses of all the others: about ``B`` times
+larger in size, ``B^2`` in variance (``benchmarks/zo_variance.py``: 15,000x at ``B = 128``).
 """
 from __future__ import annotations
 
