@@ -115,7 +115,8 @@ class Attachment:
 
 def inject(session, attach: Attachment) -> None:
     """Put ``session``'s per-step hooks on its model (once the layers are known): the neuron
-    pre-hooks and hooks, the stepwise loop of multi-step neurons, the traced ``forward`` of every
+    pre-hooks and hooks, the stepwise loop of multi-step neurons, the hooks of the perturbed
+    convolutions (``inject="conv"``), the traced ``forward`` of every
     synapse fed by neurons, the readout hook, the health checks' gradient hooks and, with a known
     optimizer, the update of learned feedback after each of its steps."""
     topology, flow = session.topology, session.flow
@@ -130,6 +131,8 @@ def inject(session, attach: Attachment) -> None:
         if hasattr(rec.adapter, "stepwise"):
             attach.override(rec.module, "multi_step_forward",
                             rec.adapter.stepwise(rec.module, lambda m=rec.module: session.active(m)))
+    for site in flow.convs.values():
+        attach.post_hook(site.module, when_active(flow.conv, site))
     for name, pres in topology.presynaptic.items():
         if pres and session.config.trace == "trace" and not session.config.lags:
             module, records = modules[name], [flow.neurons[p] for p in pres]

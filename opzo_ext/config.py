@@ -10,6 +10,7 @@ from .noise import DISTRIBUTIONS, Alpha, LinearAlpha
 METHOD_NAMES = ("bp", "opzo", "dfa", "dkp", "zo")
 FEEDBACK_MATRICES = ("auto", "dense", "channel", "bf16", "lowrank")  # storage of M (feedback_matrix=)
 FEEDBACK_SCALES = ("jacobian", "corrected", "paper")  # what OPZO's M estimates (feedback_scale=)
+INJECTION_SITES = ("after", "before", "conv")  # where the noise goes and the feedback enters (inject=)
 
 
 @dataclass
@@ -24,7 +25,12 @@ class TrainConfig:
             (see :func:`opzo_ext.noise.linear_alpha`; the paper decays 0.2 -> 0.01).
         momentum: ``lam`` of ``M <- lam M + (1 - lam) z o~^T``.
         noise: ``"gaussian"``, ``"rademacher"`` or ``"sphere"``.
-        inject: ``"after"`` the neuron (added to its spikes) or ``"before"`` (added to its input).
+        inject: where OPZO's and ZO's noise is added and their feedback enters: ``"after"`` the
+            neuron (added to its spikes), ``"before"`` (added to its input current, the neuron's
+            surrogate derivative kept), or ``"conv"``: added to the output of every hidden
+            convolution, the error entering there (the paper's "added to the results after
+            convolutional operations", table 4; single-step models whose trainable parameters are
+            all convolutions and the readout, e.g. the NF-ResNets). Other methods ignore it.
         antithetic: use ``z`` and ``-z`` on alternate time steps.
         feedback_scale: what OPZO's feedback estimates (:mod:`opzo_ext.feedback.opzo_gain`).
 
@@ -106,7 +112,7 @@ class TrainConfig:
 
         choice("method", self.method, METHOD_NAMES)
         choice("noise", self.noise, DISTRIBUTIONS)
-        choice("inject", self.inject, ("after", "before"))
+        choice("inject", self.inject, INJECTION_SITES)
         choice("trace", self.trace, ("trace", "spike"))
         choice("feedback_matrix", self.feedback_matrix, FEEDBACK_MATRICES)
         choice("feedback_scale", self.feedback_scale, FEEDBACK_SCALES)
@@ -132,6 +138,9 @@ class TrainConfig:
             raise ConfigError("lags=True needs independent noise at every step: pass antithetic=False. With "
                               "antithetic pairs (z, -z on consecutive steps) the matrix of lag k would also "
                               "see the noise of lag k - 1 and estimate the difference of two Jacobians.")
+        if self.inject == "conv" and (self.local or self.igl or self.lags):
+            raise ConfigError("inject='conv' feeds the error to the convolutions' outputs; local learning, igl and "
+                              "lags work on neuron layers: use inject='after' or 'before' with them.")
         if self.trace_lambda is not None and not 0.0 <= self.trace_lambda <= 1.0:
             raise ConfigError(f"trace_lambda={self.trace_lambda!r} must lie in [0, 1] (or be None for the neuron's leak).")
 

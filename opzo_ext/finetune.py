@@ -12,9 +12,15 @@ holding ``imagenet/train`` and ``imagenet/val``, see :mod:`opzo_ext.data.imagene
 AdamW 2e-6 (ZO 2e-7) without weight decay.
 
 Prints clean accuracy, accuracy under noise before fine-tuning and after it. The noise is
-``sigma * N(0, 1)`` on the input current of every spiking neuron (:func:`opzo_ext.noisy`). For
-``opzo``/``zo`` it is also the perturbation: ``alpha = sigma``, ``inject="before"``, no antithetic
-pairs (appendix C.3.2); ``bp``/``dfa``/``dkp`` train with the same noise present in the forward.
+``sigma * N(0, 1)`` (:func:`opzo_ext.noisy`) on the input current of every spiking neuron
+(``--noise-site neuron``, the default for the FC and conv presets) or on the output of every
+convolution (``--noise-site conv``, the default for the NF-ResNets: table 4's "added to the results
+after convolutional operations", stem, block and downsample convolutions included). For
+``opzo``/``zo`` it is also the perturbation: ``alpha = sigma``, ``inject="before"`` (``"conv"``
+with ``--noise-site conv``), no antithetic pairs (appendix C.3.2); ``bp``/``dfa``/``dkp`` train with
+the same noise present in the forward. With ``--noise-site conv`` the NF-ResNet blocks' scalar skip
+gains stay fixed for every method: they multiply a convolution's output after the noise, where no
+error enters (recorded as ``frozen`` in the results).
 The checkpoint may be an ``opzo-train`` checkpoint, OTTT's ``{'net': ...}`` or any state dict.
 
 ``--readout-only`` is the control that tells what the hidden layers' updates are worth: only the
@@ -85,7 +91,10 @@ def run(args: argparse.Namespace) -> dict:
     preset = PRESETS[args.preset]
     if args.epochs is None:
         args.epochs = preset.finetune_epochs
-    config = TrainConfig(method=args.method, alpha=args.sigma, inject="before", antithetic=False,  # checked first
+    model_name = args.model or preset.model
+    site = args.noise_site or ("conv" if model_name.startswith("nf_resnet") else "neuron")
+    config = TrainConfig(method=args.method, alpha=args.sigma, inject="conv" if site == "conv" else "before",
+                         antithetic=False,  # checked first
                          momentum=preset.momentum, feedback_scale=args.feedback_scale or preset.feedback_scale,
                          seed=args.seed,
                          feedback_matrix=args.feedback_matrix,
@@ -94,8 +103,9 @@ def run(args: argparse.Namespace) -> dict:
         args.lr = preset.finetune_zo_lr if args.method == "zo" else preset.finetune_lr
     kwargs = dict(preset.model_kwargs)
     kwargs["dropout"] = 0.0
-    model_name = args.model or preset.model
     model = MODELS[model_name](**kwargs).to(args.device)
+    if site == "conv" and not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        raise OpzoError(f"--noise-site conv: {model_name} has no convolution; use --noise-site neuron.")
     try:
         report = load_ottt_checkpoint(model, args.checkpoint, strict=not args.non_strict)
     except (CheckpointError, FileNotFoundError, IsADirectoryError) as exc:  # the loader's advice, as flags
@@ -111,16 +121,21 @@ def run(args: argparse.Namespace) -> dict:
     limit = args.limit_test_batches
 
     def noisy_accuracy() -> float:
-        with noisy(model, args.sigma, seed=args.seed):
+        with noisy(model, args.sigma, seed=args.seed, site=site):
             return evaluate(model, test_loader, preset, args.device, limit)
 
     result = {"checkpoint": str(args.checkpoint), "preset": args.preset, "model": model_name, "method": args.method,
               "readout_only": bool(args.readout_only),
-              "sigma": args.sigma, "feedback_matrix": args.feedback_matrix, "feedback_scale": config.feedback_scale,
+              "sigma": args.sigma, "noise_site": site, "feedback_matrix": args.feedback_matrix, "feedback_scale": config.feedback_scale,
               "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "train_samples": len(train_set),
               "limit_batches": args.limit_batches, "limit_test_batches": limit,
               "clean_acc": evaluate(model, test_loader, preset, args.device, limit),
               "noisy_acc_before": noisy_accuracy()}
+    if site == "conv":  # a gain after the noise gets no error with inject="conv": fixed for every method
+        result["frozen"] = [n for n, p in model.named_parameters() if n.endswith("skipinit_gain") and p.requires_grad]
+        for n, p in model.named_parameters():
+            if n in result["frozen"]:
+                p.requires_grad_(False)
     if args.readout_only:  # the control: everything but the readout frozen, and not in the optimizer
         name, readout = readout_layer(model)
         keep = {id(p) for p in readout.parameters()}
@@ -130,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
         params = list(readout.parameters())
         result["readout"] = name
     else:
-        params = list(model.parameters())
+        params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     perturbs = args.method in ("opzo", "zo")
     session = opzo_train(model, config=config, optimizer=optimizer)  # health checks use its eps
@@ -151,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
                 x, y = x.to(args.device), y.to(args.device)
                 _reset(model)
                 # opzo/zo: the session's perturbation is the hardware noise; the others see it added
-                with (nullcontext() if perturbs else noisy(model, args.sigma)):
+                with (nullcontext() if perturbs else noisy(model, args.sigma, site=site)):
                     for x_t in _step_inputs(x, preset):
                         loss = instantaneous_loss(model(x_t), y, preset.mse_weight, steps=preset.steps, reduction="none")
                         loss = session.loss(loss)
@@ -181,7 +196,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="data set, T and model of the run")
     p.add_argument("--model", choices=sorted(MODELS), default=None, help="override the preset's model")
-    p.add_argument("--sigma", type=float, required=True, help="noise scale on every neuron's input")
+    p.add_argument("--sigma", type=float, required=True, help="noise scale (sigma * N(0, 1) at every noise site)")
+    p.add_argument("--noise-site", choices=("neuron", "conv"), default=None,
+                   help="where the noise is added: every neuron's input current, or every convolution's output "
+                        "(default: conv for the NF-ResNets, as in table 4 of the paper; neuron otherwise)")
     p.add_argument("--method", choices=METHOD_NAMES, default=None,
                    help="credit assignment of the fine-tuning (required unless --readout-only)")
     p.add_argument("--readout-only", action="store_true",

@@ -5,6 +5,8 @@
     neuron hook      StepFlow.after     inject="after": spikes + alpha z; the next layer gets them
                                         detached (no spatial BP); a LayerStep keeps the spikes that
                                         carry the graph, z and the activity trace until the readout
+    conv hook        StepFlow.conv      inject="conv": conv output + alpha z, sent on detached; its
+                                        LayerStep keeps the output that carries the graph
     synapse forward  StepFlow.synapse   presynaptic trace a_hat <- lam a_hat + x; the weight
                                         gradient is taken on a_hat (opzo_ext.traces)
     readout          StepFlow.readout   method.step (OPZO's M update, opzo_ext.feedback.opzo) and
@@ -46,11 +48,21 @@ class NeuronState:
     z: Optional[torch.Tensor] = None  # noise injected before the neuron in the latest call
 
 
+@dataclass
+class ConvSite:
+    """A convolution whose output is perturbed and receives the feedback (``inject="conv"``)."""
+
+    name: str
+    module: nn.Module
+    noise: NoiseSource
+    pres: list[NeuronState]  # the neurons feeding it (a new sequence starts with theirs)
+
+
 @dataclass(frozen=True)
 class LayerStep:
-    """One hidden layer's call, from its neuron hook to the readout."""
+    """One hidden layer's call, from its neuron (or conv) hook to the readout."""
 
-    spike: torch.Tensor  # the spikes that carry the graph (the feedback enters here)
+    spike: torch.Tensor  # the spikes (conv output) that carry the graph (the feedback enters here)
     z: Optional[torch.Tensor]  # the noise added to it (None without noise)
     activity: Optional[torch.Tensor]  # its activity trace (methods that need it)
 
@@ -61,6 +73,7 @@ class StepFlow:
     def __init__(self, session):
         self.session = session
         self.neurons: dict[str, NeuronState] = {}
+        self.convs: dict[str, ConvSite] = {}  # inject="conv": the perturbed convolutions
         self.pending: dict[str, LayerStep] = {}  # hidden layer -> its call of this step, until the readout
         self.live = LiveTaps()  # Taps whose backward has not run yet
         self.last_neuron: Optional[NeuronState] = None  # the neuron called last (its step layout)
@@ -111,6 +124,16 @@ class StepFlow:
             extension.on_neuron_output(rec, output, step)
         return passed
 
+    def conv(self, site: ConvSite, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Conv forward hook (``inject="conv"``): the next layer gets ``output + alpha z``, detached
+        (no spatial BP); the error enters at ``output``, whose graph reaches only the conv's weights."""
+        if site.name in self.pending:
+            raise OpzoError(f"Convolution '{site.name}' was called twice in one time step (before the readout); "
+                            "inject='conv' needs each convolution to be used once per step.")
+        z = site.noise.draw(output, 1, any(p.fresh for p in site.pres))
+        self.pending[site.name] = LayerStep(output, z, None)
+        return torch.add(output.detach(), z, alpha=self.session.alpha)
+
     def synapse(self, module: nn.Module, original: Callable, rule, trace: TraceState,
                 pres: list[NeuronState]) -> Callable:
         """The ``forward`` of a synapse fed by the neurons ``pres``: its weight gradient uses the trace."""
@@ -131,7 +154,7 @@ class StepFlow:
         if not s.method.uses_tap() or not self.pending:
             self.pending.clear()
             return o
-        layers = [n for n in s.topology.hidden if n in self.pending]
+        layers = [n for n in (self.convs or s.topology.hidden) if n in self.pending]
         for extension in s.extensions:
             tapped = extension.on_readout(self, o, layers, pre)
             if tapped is not None:

@@ -233,10 +233,10 @@ class Health:
         session = self.session
         if session.steps < self.feedback_after or session.topology is None:
             return []
-        due = []
+        due, layers = [], set(session.layers)
         for method in (session.method, session.igl_method):
             for name, m in (getattr(method, "matrices", None) or {}).items():
-                if name in self._feedback_done or name not in session.topology.hidden:
+                if name in self._feedback_done or name not in layers:
                     continue  # lags: "layer@k" matrices are not checked, the lag-0 one is
                 entries = m[0].shape[0] * m[1].shape[0] if isinstance(m, tuple) else m.numel()  # tuple: factors
                 due.append((name, entries, method.energy(m).sqrt()))

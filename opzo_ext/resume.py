@@ -26,10 +26,15 @@ def session_state(session) -> dict:
         "feedback": session.method.state_dict(),
         "igl_feedback": session.igl_method.state_dict() if session.igl_method else None,
         "generators": {d: g.get_state() for d, g in session._generators.items()},
-        "noise": {n: r.noise.state_dict() for n, r in session.flow.neurons.items()} or (session._pending_state or {}),
+        "noise": {n: r.noise.state_dict() for n, r in _noisy(session).items()} or (session._pending_state or {}),
         "seed": session._seed,
         "local": session.local_readouts.state_dict() if len(session.local_readouts) else None,
     }
+
+
+def _noisy(session) -> dict:
+    """Every record with a noise source: the neurons and the convolutions of ``inject="conv"``."""
+    return {**session.flow.neurons, **session.flow.convs}
 
 
 def saved_layout(state: dict) -> Optional[str]:
@@ -58,6 +63,12 @@ def check_compatible(session, state: dict) -> None:
             f"This session state was saved with feedback_scale={saved_scale!r}, but the session uses "
             f"feedback_scale={config.feedback_scale!r}: its M is on another scale. Open the session "
             f"with feedback_scale={saved_scale!r} to resume it.")
+    saved_inject = state.get("config", {}).get("inject", "after")
+    if config.method in ("opzo", "zo") and (saved_inject == "conv") != (config.inject == "conv"):
+        raise OpzoError(
+            f"This session state was saved with inject={saved_inject!r}, but the session uses "
+            f"inject={config.inject!r}: its feedback belongs to other layers (convolutions or neurons). "
+            f"Open the session with inject={saved_inject!r} to resume it.")
     saved, wanted = saved_layout(state), session.layout or config.feedback_matrix
     if saved is None or not (state.get("feedback") or {}).get("matrices"):
         return
@@ -117,7 +128,7 @@ def load(session, state: dict) -> None:
     """Load ``state`` into ``session``, all or nothing."""
     check_compatible(session, state)
     if session.topology is not None:
-        state = match_layers(state, session.topology.neurons)
+        state = match_layers(state, list(_noisy(session)))
     backup = session_state(session), session._pending_state, session._unchecked
     try:
         _apply(session, state)
@@ -149,7 +160,7 @@ def adopt(session) -> None:
     """At discovery: match a state loaded before the layers were known to the model's layers."""
     state, session._unchecked = session._unchecked, None
     if state is not None:
-        matched = match_layers(state, session.topology.neurons)
+        matched = match_layers(state, list(_noisy(session)))
         if matched is not state:
             session.method.load_state_dict(matched["feedback"])
             if session.igl_method is not None and matched.get("igl_feedback") is not None:
@@ -159,11 +170,12 @@ def adopt(session) -> None:
 
 def load_noise(session) -> None:
     state: Optional[dict] = session._pending_state
-    if state is None or not session.flow.neurons:
+    records = _noisy(session)
+    if state is None or not records:
         return
     for name, noise_state in state.items():
-        if name in session.flow.neurons:
-            session.flow.neurons[name].noise.load_state_dict(noise_state)
+        if name in records:
+            records[name].noise.load_state_dict(noise_state)
     session._pending_state = None
 
 

@@ -37,9 +37,10 @@ class Session:
     """A training session on ``model``; create it with :func:`opzo_ext.train`.
 
     Attributes:
-        layers: names of the hidden neuron modules receiving feedback, in forward order
-            (known after the first training step, or at once with ``example_input``).
-        feedback: neuron name -> feedback matrix ``[n_l, m]`` in use (M for opzo, B for dfa);
+        layers: names of the hidden neuron modules receiving feedback (with ``inject="conv"``:
+            the hidden convolutions), in forward order (known after the first training step, or
+            at once with ``example_input``).
+        feedback: layer name -> feedback matrix ``[n_l, m]`` in use (M for opzo, B for dfa);
             with ``feedback_matrix="lowrank"`` the product ``A B^T`` is formed on each access (the
             factors themselves are in ``session.method.matrices``).
         epoch: current epoch, read by an alpha schedule; advance it with :meth:`next_epoch` at the
@@ -83,6 +84,8 @@ class Session:
     # ----------------------------------------------------------------- public API
     @property
     def layers(self) -> list[str]:
+        if self.flow.convs:
+            return list(self.flow.convs)
         return list(self.topology.hidden) if self.topology else []
 
     @property

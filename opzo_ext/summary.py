@@ -87,6 +87,13 @@ def summary(session) -> str:
             source = f" (from the intermediate readout at '{config.igl}')" if name in session.igl_layers else ""
             lines.append(f"      feedback matrix {text}, {_bytes(size)}{source}")
         lines.append(f"      firing rate {_rate(health, name)}")
+    if session.flow.convs:
+        lines.append(f"perturbed convolutions, inject='conv' ({len(session.flow.convs)}): noise added to their "
+                     "outputs, where the feedback enters:")
+        for name in session.flow.convs:
+            text, size = matrices[name]
+            lines.append(f"  {_synapse(modules, name)}: {math.prod(topo.out_shapes[name][1:]):,} outputs per sample, "
+                         f"feedback matrix {text}, {_bytes(size)}")
     kind, site = topo.tap
     if kind == "synapse":
         lines.append(f"readout: {_synapse(modules, site)}")

@@ -114,3 +114,43 @@ def test_finetune_refuses_bad_values_cleanly(tmp_path, capsys):
         with pytest.raises(SystemExit):
             finetune.main([*base, *bad])
         assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_an_nf_resnet_is_fine_tuned_with_noise_after_every_convolution(tmp_path, monkeypatch, capsys):
+    """Table 4's site: for the NF-ResNets the noise and OPZO's perturbation go after every
+    convolution (``--noise-site conv`` by default); the blocks' scalar skip gains stay fixed for
+    every method, and every other parameter moves."""
+    from torch.utils.data import TensorDataset
+
+    from opzo_ext.models import nf_resnet18
+
+    torch.manual_seed(0)
+    images = TensorDataset(torch.rand(8, 3, 16, 16) * 20, torch.randint(0, 1000, (8,)))  # bright: every layer spikes
+    monkeypatch.setattr(finetune, "load_dataset", lambda preset, args, train: images)
+    model = nf_resnet18(num_classes=1000)
+    for block in model.modules():  # a trained net's skip gains and readout are not 0, as they start
+        if hasattr(block, "skipinit_gain"):
+            block.skipinit_gain.data.fill_(1.0)
+    torch.nn.init.normal_(model.fc.weight, std=0.01)
+    checkpoint, results = tmp_path / "nf.pt", tmp_path / "ft.jsonl"
+    torch.save(model.state_dict(), checkpoint)
+    base = ["--checkpoint", str(checkpoint), "--preset", "imagenet", "--model", "nf_resnet18", "--sigma", "0.1",
+            "--epochs", "1", "--limit-batches", "1", "--lr", "1e-3", "--quiet", "--json", str(results)]
+    for method in ("opzo", "bp"):
+        saved = tmp_path / f"{method}.pt"
+        assert finetune.main([*base, "--method", method, "--save", str(saved), "--feedback-scale", "corrected"]) == 0
+        after = torch.load(saved, weights_only=True)
+        for name, value in model.state_dict().items():
+            if name.endswith("skipinit_gain"):
+                assert torch.equal(after[name], value), name
+        assert not torch.equal(after["conv1.weight"], model.conv1.weight)  # the stem learns
+        assert not torch.equal(after["layer4.1.conv2.bias"], model.layer4[1].conv2.bias)  # so does the last conv
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["noise_site"] for r in lines] == ["conv", "conv"]
+    assert len(lines[0]["frozen"]) == 8 and all(n.endswith("skipinit_gain") for n in lines[0]["frozen"])
+    # the FC presets keep the neuron site, and a conv site without convolutions is refused
+    fc = tmp_path / "fc.pt"
+    torch.save(cli.MODELS["fc_2x800"](in_features=784).state_dict(), fc)
+    code = finetune.main(["--checkpoint", str(fc), "--preset", "mnist", "--sigma", "0.1", "--method", "opzo",
+                          "--noise-site", "conv", *TINY])
+    assert code == 2 and "has no convolution; use --noise-site neuron" in capsys.readouterr().err

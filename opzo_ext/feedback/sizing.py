@@ -16,12 +16,19 @@ import torch
 from ..errors import OpzoError
 
 
-def layer_shapes(topology, neurons: dict) -> dict[str, tuple[int, int]]:
-    """``[n_l, m]`` per hidden layer, from the probe's shapes (per step and sample); ``neurons``:
-    name -> :class:`~opzo_ext.flow.NeuronState` (its adapter tells the step mode)."""
+def _multistep(neurons: dict, name: str) -> bool:
+    """Whether module ``name`` is a multi-step neuron (its output ``[T, B, ...]``); other modules,
+    e.g. the convolutions of ``inject="conv"``, run one step per call."""
+    rec = neurons.get(name)
+    return rec is not None and rec.adapter.is_multistep(rec.module)
+
+
+def layer_shapes(topology, neurons: dict, layers: Optional[list[str]] = None) -> dict[str, tuple[int, int]]:
+    """``[n_l, m]`` per hidden layer (``layers``, default the hidden neurons), from the probe's
+    shapes (per step and sample); ``neurons``: name -> :class:`~opzo_ext.flow.NeuronState`."""
     def steps_batch(name: str) -> tuple[int, int]:
-        shape, rec = topology.out_shapes[name], neurons[name]
-        return (shape[0], shape[1]) if rec.adapter.is_multistep(rec.module) else (1, shape[0])
+        shape = topology.out_shapes[name]
+        return (shape[0], shape[1]) if _multistep(neurons, name) else (1, shape[0])
 
     kind, site = topology.tap
     # the time/batch layout of the readout's input: from the neuron feeding it, else from any
@@ -30,15 +37,17 @@ def layer_shapes(topology, neurons: dict) -> dict[str, tuple[int, int]]:
     tap_shape = topology.in_shapes[site] if kind == "neuron" else topology.out_shapes[site]
     steps, batch = steps_batch(ref)
     m = math.prod(tap_shape) // (steps * batch)
-    return {n: (math.prod(topology.out_shapes[n]) // math.prod(steps_batch(n)), m) for n in topology.hidden}
+    return {n: (math.prod(topology.out_shapes[n]) // math.prod(steps_batch(n)), m)
+            for n in (topology.hidden if layers is None else layers)}
 
 
-def channel_groups(topology, neurons: dict) -> dict[str, tuple[int, int]]:
-    """(channels, positions) of every hidden layer whose spikes have a spatial layout."""
+def channel_groups(topology, neurons: dict, layers: Optional[list[str]] = None) -> dict[str, tuple[int, int]]:
+    """(channels, positions) of every hidden layer (``layers``, default the hidden neurons) whose
+    output has a spatial layout."""
     groups = {}
-    for n in topology.hidden:
-        rec, shape = neurons[n], topology.out_shapes[n]
-        per_sample = shape[2:] if rec.adapter.is_multistep(rec.module) else shape[1:]
+    for n in topology.hidden if layers is None else layers:
+        shape = topology.out_shapes[n]
+        per_sample = shape[2:] if _multistep(neurons, n) else shape[1:]
         if len(per_sample) >= 2:
             groups[n] = (per_sample[0], math.prod(per_sample[1:]))
     return groups
