@@ -7,9 +7,9 @@ The noise is added at every call, in training and in eval mode, until the block 
 the input current of every spiking neuron (``site="neuron"``, the default) or to the output of
 every convolution (``site="conv"``: the paper's "added to the results after convolutional
 operations", section 5.4; in a residual network that includes the stem and both convolutions of
-every block, whose sum reaches the neurons). Fine-tuning under neuron-input noise is OPZO with
-``alpha=sigma, inject="before", antithetic=False`` (appendix C.3.2): the injected perturbation is
-then the hardware noise itself.
+every block, whose sum reaches the neurons). Fine-tuning under this noise is OPZO with
+``alpha=sigma, antithetic=False`` and ``inject="before"`` (neuron site) or ``inject="conv"`` (conv
+site), appendix C.3.2: the injected perturbation is then the hardware noise itself.
 """
 from __future__ import annotations
 
