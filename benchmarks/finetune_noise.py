@@ -41,7 +41,14 @@ LABELS = {"readout-only": "readout only (control)", "opzo": "opzo (`feedback_sca
 
 
 def key(r: dict) -> tuple:
-    return r["checkpoint"], r["preset"], float(r["sigma"]), float(r["lr"]), r["epochs"], r["variant"], r["seed"]
+    return (r["checkpoint"], r["preset"], float(r["sigma"]), float(r["lr"]), r["epochs"], r["variant"], r["seed"],
+            r.get("train_limit"), r.get("limit_test_batches"))
+
+
+def _limits(train_limit, test_batches) -> list[str]:
+    """The opzo-finetune flags of a run on a subset (none for the full data set)."""
+    return ([*(["--train-samples", str(train_limit)] if train_limit else []),
+             *(["--limit-test-batches", str(test_batches)] if test_batches else [])])
 
 
 def run_one(args, variant: str, lr: float, seed: int) -> dict:
@@ -49,10 +56,10 @@ def run_one(args, variant: str, lr: float, seed: int) -> dict:
 
     argv = ["--checkpoint", args.checkpoint, "--preset", args.preset, "--sigma", str(args.sigma),
             "--lr", str(lr), "--epochs", str(args.epochs), "--seed", str(seed), "--data-root", args.data_root,
-            "--device", args.device, *VARIANTS[variant]]
+            "--device", args.device, "--quiet", *_limits(args.train_samples, args.limit_test_batches), *VARIANTS[variant]]
     start = time.perf_counter()
     r = finetune.run(finetune.parser().parse_args(argv))
-    return {"variant": variant, **r, "seconds": time.perf_counter() - start}
+    return {"variant": variant, "train_limit": args.train_samples, **r, "seconds": time.perf_counter() - start}
 
 
 def _mean(values: list[float]) -> float:
@@ -66,31 +73,43 @@ def _share(m: float, ro: float, bp: float) -> str:
 def table(runs: dict) -> str:
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in runs.values():
-        g = groups.setdefault((r["checkpoint"], r["preset"], float(r["sigma"]), r["epochs"], float(r["lr"])), {})
+        g = groups.setdefault((r["checkpoint"], r["preset"], float(r["sigma"]), r["epochs"], r.get("train_limit"),
+                               r.get("limit_test_batches"), r.get("noise_site", "neuron"), float(r["lr"])), {})
         g.setdefault(r["variant"], []).append(r)
     lines = ["# Fine-tuning under noise: what the hidden layers' updates are worth", "",
-             "A network trained with online BP without noise is deployed under `sigma x N(0, 1)` added to every",
-             "spiking neuron's input current at every step (`opzo.noisy`), then fine-tuned under that noise. The",
+             "A network trained with online BP without noise is deployed under `sigma x N(0, 1)` added at every",
+             "step to every spiking neuron's input current, or for the NF-ResNet to every convolution's output",
+             "(`opzo.noisy`, `site=\"conv\"`), then fine-tuned under that noise. The",
              "control `readout only` (`opzo-finetune --readout-only`) trains only the readout (the last Linear)",
              "with its exact gradient under the noise, every other parameter frozen. `bp - readout only` is",
              "what bp's hidden-layer updates add; the last column is each method's share of it,",
              "`(method - readout only) / (bp - readout only)` on the accuracy under noise after fine-tuning",
              "(1 = all of bp's hidden-layer gain, 0 = no more than retraining the readout).", "",
              "Recipe (`opzo-finetune`): opzo uses the noise itself as its perturbation (`alpha = sigma`,",
-             "`inject=\"before\"`, no antithetic pairs); bp, dfa and the control train with the noise in the",
-             "forward pass. AdamW without weight decay, batch 128, T = 6, one epoch of the training set. The",
+             "`inject=\"before\"`, or `inject=\"conv\"` for conv-site noise, no antithetic pairs); bp, dfa and the",
+             "control train with the noise in the forward pass. AdamW without weight decay, batch 128, T = 6, one",
+             "epoch of the training set (or of the subset a section states). The",
              "noisy test accuracies use the same noise draws before and after (`opzo.noisy(seed=seed)`).",
-             "Accuracies in %, on the full test set, mean over the seeds (the seed sets the batch order, the",
+             "Accuracies in %, on the test set (or its first batches where a section says so), mean over the seeds (the seed sets the batch order, the",
              "training noise and the test noise; the checkpoint is the same). Made by",
              "`benchmarks/finetune_noise.py` from the runs in `finetune_noise_runs.jsonl`; each section lists",
              "the `opzo-finetune` command of its runs (`SEED` = each seed).", ""]
-    for (checkpoint, preset, sigma, epochs, lr), g in sorted(groups.items(), key=lambda kv: (kv[0][:4], -kv[0][4])):
+    order = sorted(groups.items(), key=lambda kv: (str(kv[0][:7]), -kv[0][7]))
+    for (checkpoint, preset, sigma, epochs, train_limit, test_batches, site, lr), g in order:
         seeds = sorted({r["seed"] for rs in g.values() for r in rs})
-        lines += [f"## sigma = {sigma}, lr = {lr:g}", "",
-                  f"Checkpoint `{checkpoint}` (preset `{preset}`), {epochs} epoch(s), seeds "
+        limits = _limits(train_limit, test_batches)
+        model = next(iter(g.values()))[0]["model"]
+        subset = ""
+        if train_limit:
+            subset += f", the first {train_limit} training images"
+        if test_batches:
+            subset += f", tested on the first {test_batches} test batches"
+        lines += [f"## {model}, sigma = {sigma} at the {'convolutions' if site == 'conv' else 'neurons'}, lr = {lr:g}",
+                  "", f"Checkpoint `{checkpoint}` (preset `{preset}`), {epochs} epoch(s){subset}, seeds "
                   f"{', '.join(map(str, seeds))}:", "",
                   "```bash", *(f"opzo-finetune --checkpoint {checkpoint} --preset {preset} --sigma {sigma} --lr {lr:g} "
-                               f"--epochs {epochs} --seed SEED {' '.join(VARIANTS[v])}" for v in VARIANTS if v in g),
+                               f"--epochs {epochs} --seed SEED {' '.join([*limits, *VARIANTS[v]])}"
+                               for v in VARIANTS if v in g),
                   "```", "",
                   "| method | clean, before | noisy, before | noisy, after | clean, after | share of bp's hidden-layer gain | "
                   "noisy after, per seed | share, per seed |",
@@ -134,6 +153,8 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=Path, default=ROOT / "docs/results/finetune_noise_runs.jsonl",
                    help="one JSON line per run; runs already there are not repeated")
     p.add_argument("--out", type=Path, default=ROOT / "docs/results/finetune_noise.md")
+    p.add_argument("--train-samples", type=int, default=None, help="fine-tune on the first N training images")
+    p.add_argument("--limit-test-batches", type=int, default=None, help="test on the first N batches")
     p.add_argument("--data-root", default="data")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -152,7 +173,8 @@ def main(argv=None) -> None:
         for lr in args.lrs:
             for seed in args.seeds:
                 for variant in args.variants:
-                    k = (args.checkpoint, args.preset, args.sigma, lr, args.epochs, variant, seed)
+                    k = (args.checkpoint, args.preset, args.sigma, lr, args.epochs, variant, seed, args.train_samples,
+                         args.limit_test_batches)
                     if k in runs:
                         continue
                     r = runs[k] = run_one(args, variant, lr, seed)
