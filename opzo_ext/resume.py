@@ -7,6 +7,7 @@ other difference is refused, naming the layers. A refused load leaves the sessio
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -14,6 +15,15 @@ import torch
 from .errors import OpzoError
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataParallel / DataParallel
+
+
+@dataclass
+class Deferred:
+    """The parts of a loaded state that wait for what they belong to (``session.deferred``)."""
+
+    noise: Optional[dict] = None  # noise generators, until the neurons are known
+    local: Optional[dict] = None  # the session readouts' weights, until the readouts exist
+    unchecked: Optional[dict] = None  # the whole state, loaded before its layer names could be checked
 
 
 def session_state(session) -> dict:
@@ -26,7 +36,7 @@ def session_state(session) -> dict:
         "feedback": session.method.state_dict(),
         "igl_feedback": session.igl_method.state_dict() if session.igl_method else None,
         "generators": {d: g.get_state() for d, g in session._generators.items()},
-        "noise": {n: r.noise.state_dict() for n, r in _noisy(session).items()} or (session._pending_state or {}),
+        "noise": {n: r.noise.state_dict() for n, r in _noisy(session).items()} or (session.deferred.noise or {}),
         "seed": session._seed,
         "local": session.local_readouts.state_dict() if len(session.local_readouts) else None,
     }
@@ -129,12 +139,12 @@ def load(session, state: dict) -> None:
     check_compatible(session, state)
     if session.topology is not None:
         state = match_layers(state, list(_noisy(session)))
-    backup = session_state(session), session._pending_state, session._unchecked
+    backup = session_state(session), replace(session.deferred)
     try:
         _apply(session, state)
     except BaseException:
         _apply(session, backup[0])
-        session._pending_state, session._unchecked = backup[1], backup[2]
+        session.deferred = backup[1]
         raise
 
 
@@ -147,9 +157,7 @@ def _apply(session, state: dict) -> None:
     session._generators = {}  # a device without a saved state starts again from the seed
     for device, rng in state["generators"].items():
         session._generator(torch.device(device)).set_state(rng)
-    session._pending_state = state["noise"]
-    session._local_state = state.get("local")
-    session._unchecked = state if session.topology is None else None
+    session.deferred = Deferred(state["noise"], state.get("local"), state if session.topology is None else None)
     if session.topology is not None:
         load_noise(session)
         session._init_matrices()
@@ -158,28 +166,28 @@ def _apply(session, state: dict) -> None:
 
 def adopt(session) -> None:
     """At discovery: match a state loaded before the layers were known to the model's layers."""
-    state, session._unchecked = session._unchecked, None
+    state, session.deferred.unchecked = session.deferred.unchecked, None
     if state is not None:
         matched = match_layers(state, list(_noisy(session)))
         if matched is not state:
             session.method.load_state_dict(matched["feedback"])
             if session.igl_method is not None and matched.get("igl_feedback") is not None:
                 session.igl_method.load_state_dict(matched["igl_feedback"])
-            session._pending_state, session._local_state = matched["noise"], matched.get("local")
+            session.deferred.noise, session.deferred.local = matched["noise"], matched.get("local")
 
 
 def load_noise(session) -> None:
-    state: Optional[dict] = session._pending_state
+    state: Optional[dict] = session.deferred.noise
     records = _noisy(session)
     if state is None or not records:
         return
     for name, noise_state in state.items():
         if name in records:
             records[name].noise.load_state_dict(noise_state)
-    session._pending_state = None
+    session.deferred.noise = None
 
 
 def load_local(session) -> None:
-    if session._local_state is not None and len(session.local_readouts):
-        session.local_readouts.load_state_dict(session._local_state)
-        session._local_state = None
+    if session.deferred.local is not None and len(session.local_readouts):
+        session.local_readouts.load_state_dict(session.deferred.local)
+        session.deferred.local = None

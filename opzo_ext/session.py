@@ -74,9 +74,7 @@ class Session:
         self.flow = StepFlow(self)
         self.health = _health.Health(self, enabled=config.health)
         self._attachment = Attachment()
-        self._pending_state: Optional[dict] = None  # loaded noise states waiting for the layers
-        self._local_state: Optional[dict] = None  # loaded readout weights waiting for the readouts
-        self._unchecked: Optional[dict] = None  # a state loaded before the layers were known
+        self.deferred = resume.Deferred()  # parts of a loaded state waiting for the layers
         self._open = False
         self._warned_eval = False
         self._unopened = guards.forgotten_with(self)

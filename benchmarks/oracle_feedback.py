@@ -1,0 +1,155 @@
+"""How much of OPZO's gap to BP on snnTorch's tutorial 6 is the estimation of M, and how much the
+idea of one expected Jacobian per layer? A control with an exact M.
+
+OPZO's ``M_l`` estimates ``E[d o / d s_l]`` (the Jacobian of the readout's output ``o`` with respect
+to hidden layer ``l``'s output, averaged over samples and time) from the noise it injects. Here the
+same network, loop, budget and seeds are trained with that estimate replaced by the exact value:
+
+* ``oracle, averaged``: ``M_l`` is the momentum average (OPZO's ``lam`` with the bias correction,
+  i.e. the mean over every step so far) of the exact batch-mean Jacobian ``J_l[t] = (1/B) sum_b
+  d o_b[t] / d s_l,b[t]``. This is what OPZO's ``M`` tends to with unlimited noise samples: the run
+  tells what estimation noise costs.
+* ``oracle, this step``: ``M_l = J_l[t]``, the expected Jacobian of the current batch and weights:
+  the best any method that sends one matrix per layer (OPZO, DFA, DKP) could do.
+
+Everything else is OPZO's (``inject="after"``, the surrogate derivative, the traces). The
+feedback then reaches layer ``l`` as ``psi(u_l) * (M_l e)``, where BP sends ``psi(u_l) * (J_l,b^T e_b)``
+with each sample's own Jacobian. Tutorial 6's net is ``conv1-pool-sn1-conv2-pool-sn2-fc-out``; for
+``sn2`` the Jacobian is ``W_fc`` for every sample (so the oracle equals BP there); for ``sn1`` it
+passes through ``sn2``'s surrogate and the max-pool routing, which depend on the sample.
+
+    .venv/bin/python benchmarks/oracle_feedback.py --seeds 0 1 2     # ~2-3 min per run on one thread
+
+bp, opzo and dfa run beside the two oracles in the same process and conditions (the thread count
+changes a run's floating-point order, and with it OPZO's accuracy by several points). Each run
+appends a JSON line to ``--runs`` (runs already there are skipped); ``--out`` is rewritten from
+them, keeping its hand-written reading after the marker line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402 (benchmarks/ is on the path)
+from examples.third_party import snntorch_tutorial6 as t6  # noqa: E402
+from opzo_ext.feedback.opzo import OPZO  # noqa: E402
+
+BUDGET = dict(train_samples=6000, test_samples=1000)
+ORACLES = ("oracle, averaged", "oracle, this step")
+VARIANTS = ("bp", "opzo", *ORACLES, "dfa")
+
+
+class ExactM(OPZO):
+    """OPZO with ``M_l`` from the exact batch-mean Jacobians in ``self.jacobians`` (set each step)."""
+
+    def __init__(self, config, generator_for, average: bool):
+        super().__init__(config, generator_for)
+        self.average, self.jacobians, self.sums, self.updates = average, {}, {}, {}
+
+    @torch.no_grad()
+    def step(self, call, o, in_place=False):
+        lam, histories = self.config.momentum, []
+        for name in call.layers:
+            j = self.jacobians.pop(name)  # [n_l, m]
+            if self.average:
+                k = self.updates[name] = self.updates.get(name, 0) + 1
+                self.sums[name] = lam * self.sums.get(name, torch.zeros_like(j)) + (1 - lam) * j
+                j = self.sums[name] / (1 - lam ** k)
+            self.matrices[name] = j
+            histories.append([j])
+        return histories, [None] * len(histories)
+
+
+def attach_oracle(net, session) -> list:
+    """Hooks that give ``session.method`` each step's exact ``J`` of tutorial 6's two hidden layers."""
+    conv2, sn2, fc = net[3], net[5], net[7]
+
+    def sn1_jacobian(module, args):  # conv2 receives sn1's output (+ alpha z); sn2 has not run yet
+        x = args[0].detach().requires_grad_()
+        with torch.enable_grad():
+            current = net[4](torch.nn.functional.conv2d(x, conv2.weight.detach(), conv2.bias.detach()))
+            mem = sn2.mem.detach() if sn2.mem.shape == current.shape else torch.zeros_like(current)  # lazy init
+            reset = (mem > sn2.threshold).to(mem.dtype)  # snnTorch's subtractive reset, from the last step
+            u = sn2.beta * mem + current - reset * sn2.threshold
+            o = torch.nn.functional.linear(sn2.spike_grad(u - sn2.threshold).flatten(1), fc.weight.detach())
+            rows = [torch.autograd.grad(o[:, j].sum(), x, retain_graph=True)[0].flatten(1).mean(0)
+                    for j in range(o.shape[1])]
+        session.method.jacobians["2"] = torch.stack(rows, 1)
+        session.method.jacobians["5"] = fc.weight.detach().t().clone()  # o = W_fc s2 + b
+
+    return [conv2.register_forward_pre_hook(sn1_jacobian)]
+
+
+def run(variant: str, seed: int) -> dict:
+    if variant not in ORACLES:
+        start = time.perf_counter()
+        r = t6.run(variant, seed=seed, **BUDGET)
+        return {"variant": variant, "seed": seed, "accuracy": r["accuracy"], "seconds": time.perf_counter() - start}
+    handles = []
+    original = t6.opzo.train
+
+    def train(net, method, **options):
+        session = original(net, method="opzo", **options)
+        session.method = ExactM(session.config, session._generator, average=variant == "oracle, averaged")
+        handles.extend(attach_oracle(net, session))
+        return session
+
+    start = time.perf_counter()
+    with mock.patch.object(t6.opzo, "train", train):
+        r = t6.run("opzo", seed=seed, **BUDGET)
+    for h in handles:
+        h.remove()
+    return {"variant": variant, "seed": seed, "accuracy": r["accuracy"], "seconds": time.perf_counter() - start}
+
+
+def page(runs: list[dict]) -> str:
+    by = {v: {r["seed"]: r["accuracy"] for r in runs if r["variant"] == v} for v in VARIANTS}
+    lines = ["# OPZO with an exact M: what the estimate of M costs on snnTorch's tutorial 6", "",
+             "snnTorch tutorial 6 (CSNN, `ce_rate_loss`, Adam 1e-2), MNIST 6000 / 1000, T = 25, one epoch, as in",
+             "[third_party.md](third_party.md). OPZO's `M_l` estimates `E[d o / d s_l]` from its noise; the two",
+             "oracle rows train the same way with that estimate replaced by the exact value (computed by",
+             "autograd on the downstream layers at every step): `averaged` is the momentum average of the",
+             "exact batch-mean Jacobian (what OPZO's `M` tends to with unlimited noise samples), `this step`",
+             "the exact batch-mean Jacobian of the current batch and weights (the best one matrix per layer",
+             "can do). For the second hidden layer the Jacobian is the readout's weight for every sample, so",
+             "there the oracles send exactly BP's error; the first hidden layer's Jacobian passes through the",
+             "second layer's surrogate derivative and the max-pool routing, which differ between samples.",
+             "All rows ran in one process on one thread, seeds as listed. Command:",
+             "`benchmarks/oracle_feedback.py`.", "",
+             "| method | test accuracy (%), mean | per seed |", "|---|---|---|"]
+    for v in VARIANTS:
+        if by[v]:
+            seeds = sorted(by[v])
+            mean = sum(by[v].values()) / len(seeds)
+            lines.append(f"| {v} | {mean:.1f} | {' / '.join(f'{by[v][s]:.1f}' for s in seeds)} (seeds "
+                         f"{', '.join(map(str, seeds))}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--runs", type=Path, default=ROOT / "docs/results/oracle_feedback_runs.jsonl")
+    p.add_argument("--out", type=Path, default=ROOT / "docs/results/oracle_feedback.md")
+    args = p.parse_args(argv)
+    check_destinations(args.runs, args.out)
+    runs = load_runs(args.runs, lambda r: (r["variant"], r["seed"]))
+    for seed in args.seeds:
+        for variant in args.variants:
+            if (variant, seed) not in runs:
+                r = runs[variant, seed] = run(variant, seed)
+                append_run(args.runs, r)
+                print(f"{variant} seed {seed}: {r['accuracy']:.1f}% ({r['seconds']:.0f} s)", flush=True)
+    write_page(args.out, page(list(runs.values())))
+
+
+if __name__ == "__main__":
+    main()
