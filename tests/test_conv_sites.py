@@ -17,6 +17,7 @@ from torch import nn
 
 import opzo_ext as opzo
 from opzo_ext.errors import ConfigError, OpzoError
+from tests.test_math import traces  # the OTTT trace a <- lam a + s over a sequence (lam = BETA)
 
 T, B, ALPHA, BETA, LAM = 4, 3, 0.3, 0.5, 0.6
 
@@ -77,14 +78,6 @@ def run(net, x, y, **options):
         final = {k: v.clone() for k, v in session.feedback.items()}
     rec.close()
     return rec.log, losses, final
-
-
-def traces(seq, lam=BETA):
-    out, a = [], torch.zeros_like(seq[0])
-    for s in seq:
-        a = lam * a + s
-        out.append(a)
-    return out
 
 
 @pytest.mark.parametrize("method, scale", [("opzo", "paper"), ("opzo", "corrected"), ("zo", "jacobian")])
