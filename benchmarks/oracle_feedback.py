@@ -43,7 +43,33 @@ from opzo_ext.feedback.opzo import OPZO  # noqa: E402
 
 BUDGET = dict(train_samples=6000, test_samples=1000)
 ORACLES = ("oracle, averaged", "oracle, this step")
-VARIANTS = ("bp", "opzo", *ORACLES, "dfa")
+VARIANTS = ("bp", "opzo", *ORACLES, "dfa", "opzo, measured")
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a * b).sum() / (a.norm() * b.norm() + 1e-30))
+
+
+class MeasuredOPZO(OPZO):
+    """OPZO as it is, recording at every step the cosine of its ``M_l`` to the exact Jacobians
+    (averaged as OPZO averages, and of this step) and its reliability factor ``rho_l``."""
+
+    def __init__(self, config, generator_for):
+        super().__init__(config, generator_for)
+        self.jacobians, self.sums, self.updates, self.trace = {}, {}, {}, []
+
+    @torch.no_grad()
+    def step(self, call, o, in_place=False):
+        ctx = super().step(call, o, in_place)
+        lam, row = self.config.momentum, {}
+        for name in call.layers:
+            j = self.jacobians.pop(name)
+            k = self.updates[name] = self.updates.get(name, 0) + 1
+            self.sums[name] = lam * self.sums.get(name, torch.zeros_like(j)) + (1 - lam) * j
+            m = self.matrices[name]
+            row[name] = (_cos(m, self.sums[name]), _cos(m, j), float(self.gain.reliability.get(name, float("nan"))))
+        self.trace.append(row)
+        return ctx
 
 
 class ExactM(OPZO):
@@ -88,7 +114,7 @@ def attach_oracle(net, session) -> list:
 
 
 def run(variant: str, seed: int) -> dict:
-    if variant not in ORACLES:
+    if variant not in (*ORACLES, "opzo, measured"):
         start = time.perf_counter()
         r = t6.run(variant, seed=seed, **BUDGET)
         return {"variant": variant, "seed": seed, "accuracy": r["accuracy"], "seconds": time.perf_counter() - start}
@@ -97,16 +123,23 @@ def run(variant: str, seed: int) -> dict:
 
     def train(net, method, **options):
         session = original(net, method="opzo", **options)
-        session.method = ExactM(session.config, session._generator, average=variant == "oracle, averaged")
+        if variant == "opzo, measured":
+            session.method = MeasuredOPZO(session.config, session._generator)
+        else:
+            session.method = ExactM(session.config, session._generator, average=variant == "oracle, averaged")
         handles.extend(attach_oracle(net, session))
+        methods.append(session.method)
         return session
 
-    start = time.perf_counter()
+    start, methods = time.perf_counter(), []
     with mock.patch.object(t6.opzo, "train", train):
         r = t6.run("opzo", seed=seed, **BUDGET)
     for h in handles:
         h.remove()
-    return {"variant": variant, "seed": seed, "accuracy": r["accuracy"], "seconds": time.perf_counter() - start}
+    out = {"variant": variant, "seed": seed, "accuracy": r["accuracy"], "seconds": time.perf_counter() - start}
+    if variant == "opzo, measured":  # the last step of every batch: layer -> (cos to averaged, to this step, rho)
+        out["trace"] = methods[0].trace[24::25]
+    return out
 
 
 def page(runs: list[dict]) -> str:
@@ -124,12 +157,26 @@ def page(runs: list[dict]) -> str:
              "All rows ran in one process on one thread, seeds as listed. Command:",
              "`benchmarks/oracle_feedback.py`.", "",
              "| method | test accuracy (%), mean | per seed |", "|---|---|---|"]
-    for v in VARIANTS:
+    for v in VARIANTS[:-1]:
         if by[v]:
             seeds = sorted(by[v])
             mean = sum(by[v].values()) / len(seeds)
             lines.append(f"| {v} | {mean:.1f} | {' / '.join(f'{by[v][s]:.1f}' for s in seeds)} (seeds "
                          f"{', '.join(map(str, seeds))}) |")
+    measured = [r for r in runs if r["variant"] == "opzo, measured"]
+    if measured:
+        lines += ["", "## How close OPZO's own M is to the exact Jacobians", "",
+                  "Plain OPZO (the `opzo` row's training), measuring at the last step of every tenth batch the cosine",
+                  "of each layer's `M` to the exact Jacobian averaged as OPZO averages (`avg`) and to this step's",
+                  "(`now`), and the reliability `rho` that scales its feedback (`feedback_scale=\"jacobian\"`). Seeds "
+                  + ", ".join(str(r["seed"]) for r in measured) + " (mean; accuracy "
+                  + " / ".join(f"{r['accuracy']:.1f}" for r in measured) + ").", "",
+                  "| batch | sn1 cos avg | sn1 cos now | sn1 rho | sn2 cos avg | sn2 cos now | sn2 rho |",
+                  "|---|---|---|---|---|---|---|"]
+        traces = [r["trace"] for r in measured]
+        for i in range(0, min(map(len, traces)), 10):
+            cells = [sum(t[i][layer][c] for t in traces) / len(traces) for layer in ("2", "5") for c in range(3)]
+            lines.append(f"| {i + 1} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
