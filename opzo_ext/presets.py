@@ -47,9 +47,6 @@ PRESETS: dict[str, Preset] = {
     # table 4: fine-tuning OTTT's NF-ResNet-34 (lr 2e-6, ZO 2e-7, no weight decay, batch 64)
     "imagenet": Preset("imagenet", "nf_resnet34", dict(num_classes=1000), batch_size=64, epochs=5, lr=2e-6,
                        zo_lr=2e-7, weight_decay=0.0, finetune_lr=2e-6, finetune_zo_lr=2e-7, finetune_epochs=5),
-    # table 4 at small scale (not a paper setting): NF-ResNet-18 on MNIST, fine-tuned under conv-site noise
-    "mnist-nfresnet": Preset("mnist", "nf_resnet18", dict(in_channels=1, num_classes=10), epochs=1, lr=1e-3, zo_lr=1e-4,
-                             weight_decay=0.0, finetune_lr=1e-4, finetune_zo_lr=1e-5),
     "cifar10dvs": Preset("cifar10dvs", "conv5", dict(in_channels=2, num_classes=10, input_size=48), steps=10, frames=True,
                          epochs=300, dropout=0.1, zo_lr=2e-5, mse_weight=0.001),
 }
