@@ -75,16 +75,17 @@ class MeasuredOPZO(OPZO):
 
 
 class ControlVariates(OPZO):
-    """OPZO whose M update for layer ``l`` takes ``o~ - alpha sum_{k != l} z_k M_k`` instead of
-    ``o~``: the other layers' noise, predicted by their current M, is taken out of ``o~``. It is
-    independent of ``z_l``, so M stays unbiased; only the variance of its estimate changes."""
+    """OPZO whose M update for layer ``l`` takes ``o~ - alpha sum_{k != l} rho_k z_k M_k`` instead of
+    ``o~``: the other layers' noise, predicted by their current M shrunk by its reliability ``rho_k``,
+    is taken out of ``o~``. It is independent of ``z_l``, so M stays unbiased; only the variance of
+    its estimate changes."""
 
     @torch.no_grad()
     def step(self, call, o, in_place=False):
         batch = global_batch(o.shape[1], o.device)
         lam, scale, storage = self.config.momentum, self.scale(call, batch), self.storage
-        known = {name: self.matrices[name] / (1 - lam ** max(self.gain.updates.get(name, 0), 1))
-                 for name in call.layers}
+        known = {name: self.matrices[name] * float(self.gain.reliability.get(name, 0.0))
+                 / (1 - lam ** max(self.gain.updates.get(name, 0), 1)) for name in call.layers}
         per_layer, gains = [], []
         for name, z_l in zip(call.layers, call.z):
             o_l = o - call.alpha * sum(z_k @ known[k] for k, z_k in zip(call.layers, call.z) if k != name)
@@ -182,6 +183,9 @@ def page(runs: list[dict]) -> str:
              "can do). For the second hidden layer the Jacobian is the readout's weight for every sample, so",
              "there the oracles send exactly BP's error; the first hidden layer's Jacobian passes through the",
              "second layer's surrogate derivative and the max-pool routing, which differ between samples.",
+             "`opzo, control variates` is OPZO whose M update for layer `l` takes `o~ - alpha sum_k rho_k z_k M_k`",
+             "over the other layers `k` (their noise as their current M, shrunk by its reliability, predicts",
+             "it): an unbiased reduction of the variance of M's estimate.",
              "All rows ran in one process on one thread, seeds as listed. Command:",
              "`benchmarks/oracle_feedback.py`.", "",
              "| method | test accuracy (%), mean | per seed |", "|---|---|---|"]
