@@ -81,6 +81,6 @@ def conv_sites(session, topology, modules: dict) -> list[str]:
                 if n not in learning and any(p.requires_grad for p in m.parameters(recurse=False))]
     if stranded:
         raise OpzoError(f"inject='conv' sends the error to the convolutions' outputs only, so the trainable "
-                        f"parameters of {', '.join(stranded[:4])} would get no gradient. Freeze them (requires_grad_(False)) "
-                        "or use inject='before', which perturbs the neurons' input currents.")
+                        f"parameters of {', '.join(stranded[:4])} would get no gradient. Freeze them "
+                        "(requires_grad_(False)) or use inject='before', which perturbs the neurons' input currents.")
     return names

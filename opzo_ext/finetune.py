@@ -126,16 +126,16 @@ def run(args: argparse.Namespace) -> dict:
 
     result = {"checkpoint": str(args.checkpoint), "preset": args.preset, "model": model_name, "method": args.method,
               "readout_only": bool(args.readout_only),
-              "sigma": args.sigma, "noise_site": site, "feedback_matrix": args.feedback_matrix, "feedback_scale": config.feedback_scale,
+              "sigma": args.sigma, "noise_site": site, "feedback_matrix": args.feedback_matrix,
+              "feedback_scale": config.feedback_scale,
               "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "train_samples": len(train_set),
               "limit_batches": args.limit_batches, "limit_test_batches": limit,
               "clean_acc": evaluate(model, test_loader, preset, args.device, limit),
               "noisy_acc_before": noisy_accuracy()}
     if site == "conv":  # a gain after the noise gets no error with inject="conv": fixed for every method
         result["frozen"] = [n for n, p in model.named_parameters() if n.endswith("skipinit_gain") and p.requires_grad]
-        for n, p in model.named_parameters():
-            if n in result["frozen"]:
-                p.requires_grad_(False)
+        for name in result["frozen"]:
+            model.get_parameter(name).requires_grad_(False)
     if args.readout_only:  # the control: everything but the readout frozen, and not in the optimizer
         name, readout = readout_layer(model)
         keep = {id(p) for p in readout.parameters()}
