@@ -1,5 +1,5 @@
 """How much of OPZO's gap to BP on snnTorch's tutorial 6 is the estimation of M, and how much the
-idea of one expected Jacobian per layer? A control with an exact M.
+idea of one expected Jacobian per layer? A control with an exact M, and variants of M's average.
 
 OPZO's ``M_l`` estimates ``E[d o / d s_l]`` (the Jacobian of the readout's output ``o`` with respect
 to hidden layer ``l``'s output, averaged over samples and time) from the noise it injects. Here the
@@ -12,7 +12,10 @@ same network, loop, budget and seeds are trained with that estimate replaced by 
 * ``oracle, this step``: ``M_l = J_l[t]``, the expected Jacobian of the current batch and weights:
   the best any method that sends one matrix per layer (OPZO, DFA, DKP) could do.
 
-Everything else is OPZO's (``inject="after"``, the surrogate derivative, the traces). The
+Two kinds of variants of OPZO's own estimate run beside them: control variates for the other
+layers' noise (:class:`ControlVariates`) and averages that forget the early steps
+(:class:`RecentOPZO`). Everything else is OPZO's (``inject="after"``, the surrogate derivative,
+the traces). The
 feedback then reaches layer ``l`` as ``psi(u_l) * (M_l e)``, where BP sends ``psi(u_l) * (J_l,b^T e_b)``
 with each sample's own Jacobian. Tutorial 6's net is ``conv1-pool-sn1-conv2-pool-sn2-fc-out``; for
 ``sn2`` the Jacobian is ``W_fc`` for every sample (so the oracle equals BP there); for ``sn1`` it
@@ -45,7 +48,10 @@ from opzo_ext.feedback.opzo import OPZO  # noqa: E402
 
 BUDGET = dict(train_samples=6000, test_samples=1000)
 ORACLES = ("oracle, averaged", "oracle, this step")
-VARIANTS = ("bp", "opzo", *ORACLES, "opzo, control variates", "dfa", "opzo, measured")
+RECENT = {"opzo, plain average": (1, False), "opzo, plain average, shrunk": (1, True),  # variant -> (c, shrink)
+          "opzo, recent average c=2": (2, False), "opzo, recent average c=4": (4, False),
+          "opzo, recent average c=4, shrunk": (4, True), "opzo, recent average c=8, shrunk": (8, True)}
+VARIANTS = ("bp", "opzo", *ORACLES, "opzo, control variates", *RECENT, "dfa", "opzo, measured")
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,6 +102,38 @@ class ControlVariates(OPZO):
         return per_layer, gains
 
 
+class RecentOPZO(OPZO):
+    """OPZO whose M averages its estimates with weights growing as ``t^(c-1)`` over the steps so far
+    (polynomial-decay averaging): ``M_l <- (1 - b_k) M_l + b_k z_l^T o~ / (B alpha)`` with
+    ``b_k = max(c / (k + c - 1), 1 - lam)``. ``c = 1`` is the plain average of every step (OPZO's
+    ``M`` with the bias correction, without the reliability factor); larger ``c`` forgets the early
+    steps while still averaging over a share of all of them. ``shrink``: times a reliability
+    ``max(0, 1 - U / |M|^2)`` as OPZO's default, ``U`` the summed variance of M's entries."""
+
+    def __init__(self, config, generator_for, c: int, shrink: bool):
+        super().__init__(config, generator_for)
+        self.c, self.shrink, self.counts, self.noise_power = c, shrink, {}, {}
+
+    @torch.no_grad()
+    def step(self, call, o, in_place=False):
+        batch, lam, histories, gains = global_batch(o.shape[1], o.device), self.config.momentum, [], []
+        for name, z_l in zip(call.layers, call.z):
+            history, rho = [], []
+            for t in range(o.shape[0]):
+                k = self.counts[name] = self.counts.get(name, 0) + 1
+                b = max(self.c / (k + self.c - 1), 1 - lam)
+                estimate = z_l[t].t() @ o[t] / (batch * call.alpha)
+                m = self.matrices[name] = (1 - b) * self.matrices[name] + b * estimate
+                history.append(m)
+                # the variance of M's entries summed, as for independent terms: U <- (1-b)^2 U + b^2 |z^T o~|^2 noise
+                power = (z_l[t].square().sum(1) * o[t].square().sum(1)).sum() / (batch * call.alpha) ** 2
+                u = self.noise_power[name] = (1 - b) ** 2 * self.noise_power.get(name, 0.0) + b ** 2 * power
+                rho.append((1 - u / m.square().sum().clamp_min(1e-30)).clamp_min(0.0))
+            histories.append(history)
+            gains.append(rho if self.shrink else None)
+        return histories, gains
+
+
 class ExactM(OPZO):
     """OPZO with ``M_l`` from the exact batch-mean Jacobians in ``self.jacobians`` (set each step)."""
 
@@ -138,6 +176,14 @@ def attach_oracle(net, session) -> list:
 
 
 def run(variant: str, seed: int) -> dict:
+    if variant in RECENT:
+        def recent(config, generator_for):
+            return RecentOPZO(config, generator_for, *RECENT[variant])
+
+        with mock.patch.dict(METHODS, {"opzo": recent}):
+            start = time.perf_counter()
+            r = t6.run("opzo", seed=seed, **BUDGET)
+        return {"variant": variant, "seed": seed, "accuracy": r["accuracy"], "seconds": time.perf_counter() - start}
     if variant == "opzo, control variates":
         with mock.patch.dict(METHODS, {"opzo": ControlVariates}):
             start = time.perf_counter()
@@ -185,7 +231,12 @@ def page(runs: list[dict]) -> str:
              "second layer's surrogate derivative and the max-pool routing, which differ between samples.",
              "`opzo, control variates` is OPZO whose M update for layer `l` takes `o~ - alpha sum_k rho_k z_k M_k`",
              "over the other layers `k` (their noise as their current M, shrunk by its reliability, predicts",
-             "it): an unbiased reduction of the variance of M's estimate.",
+             "it): an unbiased reduction of the variance of M's estimate. The `average` rows replace OPZO's",
+             "momentum average by an average that weighs step `t` as `t^(c-1)` (`c = 1`: every step alike,",
+             "OPZO's bias-corrected `M`; larger `c` forgets the early steps while averaging over a share of",
+             "all of them), without OPZO's reliability factor or, `shrunk`, with one computed as for",
+             "independent noise at every step (it overestimates the noise of antithetic pairs, so it shrinks",
+             "more than OPZO's own: compare the `shrunk` rows with each other, not with `opzo`).",
              "All rows ran in one process on one thread, seeds as listed. Command:",
              "`benchmarks/oracle_feedback.py`.", "",
              "| method | test accuracy (%), mean | per seed |", "|---|---|---|"]
