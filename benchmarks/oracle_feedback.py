@@ -12,14 +12,18 @@ same network, loop, budget and seeds are trained with that estimate replaced by 
 * ``oracle, this step``: ``M_l = J_l[t]``, the expected Jacobian of the current batch and weights:
   the best any method that sends one matrix per layer (OPZO, DFA, DKP) could do.
 
-Two kinds of variants of OPZO's own estimate run beside them: control variates for the other
-layers' noise (:class:`ControlVariates`) and averages that forget the early steps
-(:class:`RecentOPZO`). Everything else is OPZO's (``inject="after"``, the surrogate derivative,
-the traces). The
-feedback then reaches layer ``l`` as ``psi(u_l) * (M_l e)``, where BP sends ``psi(u_l) * (J_l,b^T e_b)``
-with each sample's own Jacobian. Tutorial 6's net is ``conv1-pool-sn1-conv2-pool-sn2-fc-out``; for
-``sn2`` the Jacobian is ``W_fc`` for every sample (so the oracle equals BP there); for ``sn1`` it
-passes through ``sn2``'s surrogate and the max-pool routing, which depend on the sample.
+With the exact M, the feedback reaches layer ``l`` as ``psi(u_l) * (M_l e)`` where BP sends
+``psi(u_l) * (J_l,b^T e_b)`` with each sample's own Jacobian. Tutorial 6's net is
+``conv1-pool-sn1-conv2-pool-sn2-fc-out``; for ``sn2`` the Jacobian is ``W_fc`` for every sample
+(so the oracle equals BP there); for ``sn1`` it passes through ``sn2``'s surrogate and the max-pool
+routing, which depend on the sample.
+
+Beside them run variants of OPZO's own estimate, everything else being OPZO's (``inject="after"``,
+the surrogate derivative, the traces): control variates for the other layers' noise
+(:class:`ControlVariates`), averages that forget the early steps (:class:`RecentOPZO`), and local
+learning (appendix C.1) with OPZO, with DFA and alone (:func:`run_with_local_learning`,
+:class:`NoFeedback`); ``opzo, measured`` records how close OPZO's M is to the exact Jacobians
+(:class:`MeasuredOPZO`).
 
     .venv/bin/python benchmarks/oracle_feedback.py --seeds 0 1 2     # ~2-3 min per run on one thread
 
