@@ -45,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402 (benchmarks/ is on the path)
+from third_party import NoFeedback  # noqa: E402
 from examples.third_party import snntorch_tutorial6 as t6  # noqa: E402
 from opzo_ext.distributed import global_batch  # noqa: E402
 from opzo_ext.feedback import METHODS  # noqa: E402
@@ -180,40 +181,12 @@ def attach_oracle(net, session) -> list:
     return [conv2.register_forward_pre_hook(sn1_jacobian)]
 
 
-class NoFeedback(OPZO):
-    """No error from the output reaches the hidden layers (M = 0): with local learning, the
-    control that shows what the local readouts alone do."""
-
-    @torch.no_grad()
-    def step(self, call, o, in_place=False):
-        return [[self.matrices[name]] for name in call.layers], [None] * len(call.layers)
-
-
 def run_with_local_learning(variant: str, seed: int) -> dict:
-    """Tutorial 6 with local learning (appendix C.1): ``opzo.train(net, method=..., local=True,
-    optimizer=optimizer)`` and ``loss + session.local_loss(targets)``, the two further changes a
-    user makes to the loop; ``method`` is opzo or dfa, or opzo with no feedback (``NoFeedback``)."""
-    optimizers, sessions = [], []
-    adam, train, rate_loss = t6.torch.optim.Adam, t6.opzo.train, t6.SF.ce_rate_loss
-
-    def make_adam(params, **kwargs):
-        optimizers.append(adam(params, **kwargs))
-        return optimizers[-1]
-
-    def make_session(net, method, **options):
-        sessions.append(train(net, method=method, local=True, optimizer=optimizers[-1], **options))
-        return sessions[-1]
-
-    def with_local_loss(**kwargs):
-        loss = rate_loss(**kwargs)
-        return lambda spikes, targets: loss(spikes, targets) + sessions[-1].local_loss(targets)
-
-    method = LOCAL[variant]
+    """Tutorial 6 with local learning (appendix C.1; the example's ``local=True``); ``method`` is
+    opzo or dfa, or opzo with no feedback from the output (``NoFeedback``)."""
     start = time.perf_counter()
-    with mock.patch.object(t6.torch.optim, "Adam", make_adam), mock.patch.object(t6.opzo, "train", make_session), \
-            mock.patch.object(t6.SF, "ce_rate_loss", with_local_loss), \
-            mock.patch.dict(METHODS, {"opzo": NoFeedback} if variant == "local learning alone" else {}):
-        r = t6.run(method, seed=seed, **BUDGET)
+    with mock.patch.dict(METHODS, {"opzo": NoFeedback} if variant == "local learning alone" else {}):
+        r = t6.run(LOCAL[variant], seed=seed, local=True, **BUDGET)
     return {"variant": variant, "seed": seed, "accuracy": r["accuracy"], "seconds": time.perf_counter() - start}
 
 

@@ -1,7 +1,8 @@
 """Third-party setups, unmodified but for the two added lines, trained by every method at one budget:
 the original BPTT, online BP (OTTT), OPZO (default and the paper's feedback scale), DFA, DKP, ZO and
 a readout-only control (hidden layers frozen, readout trained by online BP), which shows what the
-hidden-layer feedback is worth. Writes one JSON line per run to ``--runs`` (runs already there are
+hidden-layer feedback is worth; OPZO with local learning (appendix C.1) and local learning alone
+(no error from the output reaches the hidden layers), which shows what OPZO's feedback adds to it. Writes one JSON line per run to ``--runs`` (runs already there are
 skipped, so an interrupted benchmark resumes) and the table to ``--out``.
 
     .venv/bin/python benchmarks/third_party.py                      # every setup, ~45 min on 2 CPU cores
@@ -17,10 +18,15 @@ import importlib
 import sys
 import time
 from pathlib import Path
+from unittest import mock
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402 (benchmarks/ is on the path)
+from opzo_ext.feedback import METHODS  # noqa: E402
+from opzo_ext.feedback.opzo import OPZO  # noqa: E402
 
 # setup key -> (module, title, budget keywords of run(), setup overrides, what the budget is)
 SETUPS = {
@@ -49,19 +55,34 @@ VARIANTS = {
     "dkp": ("dkp", {}, False),
     "zo": ("zo", {}, False),
     "readout-only": ("bp", {}, True),
+    "opzo-local": ("opzo", {"local": True}, False),  # with local learning (appendix C.1)
+    "local-only": ("opzo", {"local": True, "feedback": False}, False),  # local learning, no output error
 }
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
           "opzo-m0.9999": "opzo, `momentum=0.9999`", "opzo-m0.999": "opzo, `momentum=0.999`",
-          "readout-only": "readout only (control)"}
+          "readout-only": "readout only (control)", "opzo-local": "opzo + local learning",
+          "local-only": "local learning alone (control: no output error reaches the hidden layers)"}
+
+
+class NoFeedback(OPZO):
+    """OPZO whose M stays 0: no error from the output reaches the hidden layers. With local
+    learning, the control that shows what the local readouts do by themselves."""
+
+    @torch.no_grad()
+    def step(self, call, o, in_place=False):
+        return [[self.matrices[name]] for name in call.layers], [None] * len(call.layers)
 
 
 def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
     module, _, budget, overrides, _ = SETUPS[setup]
     run = importlib.import_module(f"examples.third_party.{module}").run
     method, options, readout_only = VARIANTS[variant]
-    res = run(method, seed=seed, readout_only=readout_only, options={**options, "seed": seed} if method else None,
-              data_root=data_root, **budget, **overrides)
+    options = dict(options)
+    local, feedback = options.pop("local", False), options.pop("feedback", True)
+    with mock.patch.dict(METHODS, {} if feedback else {"opzo": NoFeedback}):
+        res = run(method, seed=seed, readout_only=readout_only, local=local,
+                  options={**options, "seed": seed} if method else None, data_root=data_root, **budget, **overrides)
     res.pop("losses", None)
     return {"setup": setup, "variant": variant, "seed": seed, **res}
 

@@ -22,6 +22,8 @@ With ``method`` set, the only change to the loop is ``import opzo_ext as opzo`` 
 ``with opzo.train(net, method=method, **options):`` around the training loop; ``method="zo"``
 also computes the loss per sample (``reduction="none"``) and hands it to ``session.loss``, since
 zeroth order multiplies each sample's noise by that sample's own loss.
+``local=True`` adds the paper's local learning (appendix C.1), two more changes: ``local=True,
+optimizer=optimizer`` in ``opzo.train`` and ``+ session.local_loss(targets)`` on the loss.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def mnist(root, train):
 
 
 def run(method: str | None, *, train_samples: int, test_samples: int, epochs: int = 1, seed: int = 0,
-        readout_only: bool = False, options: dict | None = None, data_root: str = "data",
+        readout_only: bool = False, local: bool = False, options: dict | None = None, data_root: str = "data",
         progress: bool = False, device: str = "cpu", **setup_overrides) -> dict:
     """Train as the tutorial does (``method=None``) or inside ``opzo.train(net, method=method,
     **options)``; returns accuracy (percent, test subset), losses, seconds (see ``_common.result``)."""
@@ -105,7 +107,10 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
     optimizer = torch.optim.Adam(params, lr=s["lr"], betas=s["betas"])
 
     losses = []
-    session = opzo.train(net, method=method, **(options or {})) if method else contextlib.nullcontext()
+    if local and (readout_only or not method):
+        raise ValueError("local=True needs a method and all layers trained (not readout_only).")
+    extra = dict(local=True, optimizer=optimizer) if local else {}  # opzo: local learning
+    session = opzo.train(net, method=method, **(options or {}), **extra) if method else contextlib.nullcontext()
     start = time.perf_counter()
     with session:  # opzo: the only change to the tutorial's loop
         for epoch in range(epochs):
@@ -121,6 +126,8 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
                 else:
                     for step in range(s["num_steps"]):
                         loss_val += loss(mem_rec[step], targets)
+                if local:  # opzo: the local readouts' loss (local learning)
+                    loss_val = loss_val + session.local_loss(targets)
                 optimizer.zero_grad()
                 loss_val.backward()
                 optimizer.step()

@@ -25,6 +25,8 @@ With ``method`` set, the only change to the loop is ``import opzo_ext as opzo`` 
 ``with opzo.train(net, method=method, **options):`` around the training loop; ``method="zo"``
 also computes the loss per sample (``reduction="none"``) and hands it to ``session.loss``, since
 zeroth order multiplies each sample's noise by that sample's own loss.
+``local=True`` adds the paper's local learning (appendix C.1), two more changes: ``local=True,
+optimizer=optimizer`` in ``opzo.train`` and ``+ session.local_loss(targets)`` on the loss.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ SETUP = dict(T=4, channels=128, batch_size=128, lr=0.1, momentum=0.9)
 
 
 def run(method: str | None, *, train_samples: int, test_samples: int, epochs: int = 1, seed: int = 0,
-        readout_only: bool = False, options: dict | None = None, data_root: str = "data",
+        readout_only: bool = False, local: bool = False, options: dict | None = None, data_root: str = "data",
         progress: bool = False, device: str = "cpu", **setup_overrides) -> dict:
     """Train as the example does (``method=None``) or inside ``opzo.train(net, method=method,
     **options)``; returns accuracy (percent, test subset), losses, seconds (see ``_common.result``)."""
@@ -74,7 +76,10 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
     lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
 
     losses = []
-    session = opzo.train(net, method=method, **(options or {})) if method else contextlib.nullcontext()
+    if local and (readout_only or not method):
+        raise ValueError("local=True needs a method and all layers trained (not readout_only).")
+    extra = dict(local=True, optimizer=optimizer) if local else {}  # opzo: local learning
+    session = opzo.train(net, method=method, **(options or {}), **extra) if method else contextlib.nullcontext()
     start = time.perf_counter()
     with session:  # opzo: the only change to the example's loop
         for epoch in range(epochs):
@@ -89,6 +94,8 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
                     loss = session.loss(F.mse_loss(out_fr, label_onehot, reduction="none").mean(-1))
                 else:
                     loss = F.mse_loss(out_fr, label_onehot)
+                if local:  # opzo: the local readouts' loss (local learning)
+                    loss = loss + session.local_loss(label)
                 loss.backward()
                 optimizer.step()
 
