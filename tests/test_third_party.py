@@ -18,6 +18,7 @@ from examples.third_party import snntorch_tutorial5 as t5
 from examples.third_party import snntorch_tutorial6 as t6
 from examples.third_party import snntorch_tutorial7 as t7
 from examples.third_party import spikingjelly_conv_fashion_mnist as sj
+import opzo_ext as opzo
 from opzo_ext.data import DatasetNotFoundError, load_fashion_mnist, load_mnist
 
 CHANCE = 10.0
@@ -154,3 +155,26 @@ def test_setup_overrides_are_checked():
         common.setup(t6.SETUP, {"num_step": 5})
     assert common.parse_set(["alpha=0.1", "noise=rademacher", "antithetic=False"]) == {
         "alpha": 0.1, "noise": "rademacher", "antithetic": False}
+
+
+@pytest.mark.parametrize("name", list(SETUPS))
+def test_local_learning_is_two_more_changes_that_train_every_layer(name, monkeypatch, request):
+    """local=True opens the session with local=True and the script's optimizer and adds
+    session.local_loss to the loss: every weight moves, the losses stay finite, the model is left
+    as it was; the readout-only control cannot take it."""
+    module, ctor, data, _, kwargs = SETUPS[name]
+    data_root = request.getfixturevalue(data)
+    seen = capture(monkeypatch, module, ctor)
+    local_losses, opened = [], []
+    real_loss, real_train = opzo.Session.local_loss, opzo.train
+    monkeypatch.setattr(opzo.Session, "local_loss", lambda s, y: local_losses.append(real_loss(s, y)) or local_losses[-1])
+    monkeypatch.setattr(module.opzo, "train", lambda net, **kw: opened.append(kw) or real_train(net, **kw))
+    res = module.run("opzo", local=True, seed=0, data_root=data_root, **kwargs)
+    assert [(kw["local"], isinstance(kw["optimizer"], torch.optim.Optimizer)) for kw in opened] == [(True, True)]
+    assert local_losses and all(torch.isfinite(l) and l > 0 for l in local_losses)
+    assert all(math.isfinite(v) for v in res["losses"]) and no_hooks_left(seen["net"])
+    for key, p in seen["net"].named_parameters():
+        if p.dim() > 1:
+            assert not torch.equal(p.detach(), seen["init"][key]), f"{name}: {key} did not train"
+    with pytest.raises(ValueError, match="local=True"):
+        module.run("bp", readout_only=True, local=True, seed=0, data_root=data_root, **kwargs)
