@@ -2,8 +2,9 @@
 the original BPTT, online BP (OTTT), OPZO (default and the paper's feedback scale), DFA, DKP, ZO and
 a readout-only control (hidden layers frozen, readout trained by online BP), which shows what the
 hidden-layer feedback is worth; OPZO with local learning (appendix C.1) and local learning alone
-(no error from the output reaches the hidden layers), which shows what OPZO's feedback adds to it. Writes one JSON line per run to ``--runs`` (runs already there are
-skipped, so an interrupted benchmark resumes) and the table to ``--out``.
+(no error from the output reaches the hidden layers), which shows what OPZO's feedback adds to it.
+Writes one JSON line per run to ``--runs`` (runs already there are skipped, so an interrupted
+benchmark resumes) and the table to ``--out``.
 
     .venv/bin/python benchmarks/third_party.py                      # every setup, ~45 min on 2 CPU cores
     .venv/bin/python benchmarks/third_party.py --setups t6 --variants bp opzo

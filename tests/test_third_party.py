@@ -167,7 +167,8 @@ def test_local_learning_is_two_more_changes_that_train_every_layer(name, monkeyp
     seen = capture(monkeypatch, module, ctor)
     local_losses, opened = [], []
     real_loss, real_train = opzo.Session.local_loss, opzo.train
-    monkeypatch.setattr(opzo.Session, "local_loss", lambda s, y: local_losses.append(real_loss(s, y)) or local_losses[-1])
+    monkeypatch.setattr(opzo.Session, "local_loss",
+                        lambda s, y: local_losses.append(real_loss(s, y)) or local_losses[-1])
     monkeypatch.setattr(module.opzo, "train", lambda net, **kw: opened.append(kw) or real_train(net, **kw))
     res = module.run("opzo", local=True, seed=0, data_root=data_root, **kwargs)
     assert [(kw["local"], isinstance(kw["optimizer"], torch.optim.Optimizer)) for kw in opened] == [(True, True)]
