@@ -96,7 +96,11 @@ def table(runs: dict, seeds: list[int]) -> str:
              "(%) after one epoch on the stated subset, mean over seeds "
              f"{', '.join(map(str, seeds))}; the same initial weights and batch order for every method.",
              "`readout only` freezes every layer but the readout and trains it with online BP: what the",
-             "network reaches without any hidden-layer learning. Command: `benchmarks/third_party.py`.", ""]
+             "network reaches without any hidden-layer learning. `opzo + local learning` adds the paper's local",
+             "learning (appendix C.1: a readout per hidden layer trained by its own loss, which also reaches",
+             "the layer; two more changes to the loop, `local=True, optimizer=...` and `+ session.local_loss(y)`);",
+             "`local learning alone` is its control, with no error from the output reaching the hidden layers",
+             "(OPZO's M held at 0). Command: `benchmarks/third_party.py`.", ""]
     for setup, (_, title, _, _, budget) in SETUPS.items():
         rows = [(v, [runs[setup, v, s] for s in seeds if (setup, v, s) in runs]) for v in VARIANTS]
         rows = [(v, rs) for v, rs in rows if rs]
