@@ -19,15 +19,10 @@ import importlib
 import sys
 import time
 from pathlib import Path
-from unittest import mock
-
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402 (benchmarks/ is on the path)
-from opzo_ext.feedback import METHODS  # noqa: E402
-from opzo_ext.feedback.opzo import OPZO  # noqa: E402
 
 # setup key -> (module, title, budget keywords of run(), setup overrides, what the budget is)
 SETUPS = {
@@ -57,7 +52,7 @@ VARIANTS = {
     "zo": ("zo", {}, False),
     "readout-only": ("bp", {}, True),
     "opzo-local": ("opzo", {"local": True}, False),  # with local learning (appendix C.1)
-    "local-only": ("opzo", {"local": True, "feedback": False}, False),  # local learning, no output error
+    "local-only": ("none", {"local": True}, False),  # local learning alone: no error from the output
 }
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
@@ -66,24 +61,14 @@ LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"pape
           "local-only": "local learning alone (control: no output error reaches the hidden layers)"}
 
 
-class NoFeedback(OPZO):
-    """OPZO whose M stays 0: no error from the output reaches the hidden layers. With local
-    learning, the control that shows what the local readouts do by themselves."""
-
-    @torch.no_grad()
-    def step(self, call, o, in_place=False):
-        return [[self.matrices[name]] for name in call.layers], [None] * len(call.layers)
-
-
 def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
     module, _, budget, overrides, _ = SETUPS[setup]
     run = importlib.import_module(f"examples.third_party.{module}").run
     method, options, readout_only = VARIANTS[variant]
     options = dict(options)
-    local, feedback = options.pop("local", False), options.pop("feedback", True)
-    with mock.patch.dict(METHODS, {} if feedback else {"opzo": NoFeedback}):
-        res = run(method, seed=seed, readout_only=readout_only, local=local,
-                  options={**options, "seed": seed} if method else None, data_root=data_root, **budget, **overrides)
+    local = options.pop("local", False)
+    res = run(method, seed=seed, readout_only=readout_only, local=local,
+              options={**options, "seed": seed} if method else None, data_root=data_root, **budget, **overrides)
     res.pop("losses", None)
     return {"setup": setup, "variant": variant, "seed": seed, **res}
 
@@ -100,7 +85,7 @@ def table(runs: dict, seeds: list[int]) -> str:
              "learning (appendix C.1: a readout per hidden layer trained by its own loss, which also reaches",
              "the layer; two more changes to the loop, `local=True, optimizer=...` and `+ session.local_loss(y)`);",
              "`local learning alone` is its control, with no error from the output reaching the hidden layers",
-             "(OPZO's M held at 0). Command: `benchmarks/third_party.py`.", ""]
+             "(`method=\"none\", local=True`). Command: `benchmarks/third_party.py`.", ""]
     for setup, (_, title, _, _, budget) in SETUPS.items():
         rows = [(v, [runs[setup, v, s] for s in seeds if (setup, v, s) in runs]) for v in VARIANTS]
         rows = [(v, rs) for v, rs in rows if rs]

@@ -7,7 +7,7 @@ from typing import Optional, Union
 from .errors import ConfigError
 from .noise import DISTRIBUTIONS, Alpha, LinearAlpha
 
-METHOD_NAMES = ("bp", "opzo", "dfa", "dkp", "zo")
+METHOD_NAMES = ("bp", "opzo", "dfa", "dkp", "zo", "none")
 FEEDBACK_MATRICES = ("auto", "dense", "channel", "bf16", "lowrank")  # storage of M (feedback_matrix=)
 FEEDBACK_SCALES = ("jacobian", "corrected", "paper")  # what OPZO's M estimates (feedback_scale=)
 INJECTION_SITES = ("after", "before", "conv")  # where the noise goes and the feedback enters (inject=)
@@ -20,7 +20,9 @@ class TrainConfig:
     Attributes:
         method: ``"bp"`` (online BP with traces = OTTT), ``"opzo"`` (momentum feedback M),
             ``"dfa"`` (fixed random feedback B), ``"dkp"`` (feedback B learned by Adam from
-            activity x error), ``"zo"`` (single-point zeroth order, loss x z).
+            activity x error), ``"zo"`` (single-point zeroth order, loss x z), ``"none"`` (no
+            error from the output reaches the hidden layers; needs ``local``: the control for
+            what a method's global feedback adds to local learning).
         alpha: noise scale, a float or a function ``epoch -> float``
             (see :func:`opzo_ext.noise.linear_alpha`; the paper decays 0.2 -> 0.01).
         momentum: ``lam`` of ``M <- lam M + (1 - lam) z o~^T``.
@@ -131,6 +133,9 @@ class TrainConfig:
         if self.local is not True and self.local is not False and not (
                 isinstance(self.local, (int, float)) and self.local >= 0):
             raise ConfigError(f"local={self.local!r} must be True, False or a non-negative loss scale (e.g. 0.01).")
+        if self.method == "none" and not self.local:
+            raise ConfigError("method='none' sends no error to the hidden layers, so alone it trains only the "
+                              "readout; it is the control for local learning: pass local=True.")
         if self.lags and self.method != "opzo":
             raise ConfigError(f"lags=True is the pseudo-zeroth-order feedback of OPZO; it needs method='opzo', "
                               f"not {self.method!r}.")

@@ -57,6 +57,12 @@ def test_alpha_schedule_turning_nonpositive():
             net(torch.rand(2, 4) * 3).sum().backward()
 
 
+def test_method_none_without_local_learning_says_what_it_is_for():
+    with pytest.raises(opzo.ConfigError, match=r"method='none'.*control for local learning: pass local=True"):
+        opzo.train(tiny_snn(), method="none")
+    assert opzo.train(tiny_snn(), method="none", local=True).config.method == "none"
+
+
 def test_trace_lambda_out_of_range():
     with pytest.raises(opzo.ConfigError, match=r"trace_lambda=1\.5.*\[0, 1\]"):
         opzo.train(tiny_snn(), trace_lambda=1.5)

@@ -363,17 +363,22 @@ def test_dkp_without_the_optimizer_steps_once_per_sequence():
     assert session.method.optimizer.state[next(iter(session.method.matrices.values()))]["step"] == 2
 
 
-def test_local_learning_adds_each_layers_readout_error():
+@pytest.mark.parametrize("method", ["dfa", "none"])
+def test_local_learning_adds_each_layers_readout_error(method):
     """local=c: layer l also receives c * dCE(R_l s_l, y)/ds_l = c * (softmax(r_l) - y) R_l / B
-    through its own readout; here DFA's B is zero so that nothing else reaches the hidden layers."""
+    through its own readout; here nothing else reaches the hidden layers: DFA's B is zero, and
+    method 'none' (the control for local learning) sends no error from the output."""
     net, (x, y) = make_net(), data()
     c = 0.5
     rec = Recorder(net)
-    with opzo.train(net, method="dfa", example_input=x[0], local=c) as session:
+    with opzo.train(net, method=method, example_input=x[0], local=c) as session:
         rec.after_session()
-        state = session.state_dict()
-        state["feedback"]["matrices"] = {k: torch.zeros_like(v) for k, v in state["feedback"]["matrices"].items()}
-        session.load_state_dict(state)
+        if method == "dfa":
+            state = session.state_dict()
+            state["feedback"]["matrices"] = {k: torch.zeros_like(v) for k, v in state["feedback"]["matrices"].items()}
+            session.load_state_dict(state)
+        else:
+            assert session.feedback == {}
         readouts = {k: session.local_readouts[k] for k in ("1", "3")}
         assert [tuple(p.shape) for p in session.parameters()] == [(3, 6), (3,), (3, 5), (3,)]
         for t in range(T):

@@ -6,11 +6,12 @@ from .tap import LiveTaps, Tap, TapCall, TapToken, tap
 from .bp import BP
 from .dfa import DFA
 from .dkp import DKP
+from .none import NoFeedback
 from .opzo import OPZO
 from .opzo_lags import LaggedOPZO
 from .zo import ZO
 
-METHODS: dict[str, type[Feedback]] = {m.name: m for m in (BP, OPZO, DFA, DKP, ZO)}
+METHODS: dict[str, type[Feedback]] = {m.name: m for m in (BP, OPZO, DFA, DKP, ZO, NoFeedback)}
 
 
 def method_class(config) -> type[Feedback]:
@@ -19,4 +20,4 @@ def method_class(config) -> type[Feedback]:
 
 
 __all__ = ["Feedback", "Tap", "TapCall", "LiveTaps", "TapToken", "tap", "METHODS", "method_class",
-           "BP", "OPZO", "LaggedOPZO", "DFA", "DKP", "ZO"]
+           "BP", "OPZO", "LaggedOPZO", "DFA", "DKP", "ZO", "NoFeedback"]

@@ -87,7 +87,8 @@ class Tap(torch.autograd.Function):
         call = ctx.call
         signals = call.method.signal(call, call.as_steps(e))
         ctx.token.done = True
-        return (e, None, None, *(g.reshape(shape) for g, shape in zip(signals, ctx.spike_shapes)))
+        return (e, None, None, *(None if g is None else g.reshape(shape)  # None: no error (method 'none')
+                                 for g, shape in zip(signals, ctx.spike_shapes)))
 
 
 def matrix_signal(matrices_per_step: list[list[torch.Tensor]], e: torch.Tensor) -> list[torch.Tensor]:
