@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-METHODS = ("bptt", "bp", "opzo", "dfa", "dkp", "zo")
+METHODS = ("bptt", "bp", "opzo", "dfa", "dkp", "zo", "none")
 
 
 def seed_everything(seed: int) -> None:
@@ -114,6 +114,9 @@ def main(run: Callable[..., Dict], description: str, train_samples: int, test_sa
                         help="bptt: the original training (no opzo session); else opzo.train(method=...)")
     parser.add_argument("--readout-only", action="store_true",
                         help="control: train only the readout (last Linear), everything else frozen")
+    parser.add_argument("--local", action="store_true",
+                        help="add the paper's local learning (a readout per hidden layer); with --method none: "
+                             "local learning alone, the control for what the method's feedback adds")
     parser.add_argument("--train-samples", type=int, default=train_samples)
     parser.add_argument("--test-samples", type=int, default=test_samples)
     parser.add_argument("--epochs", type=int, default=1)
@@ -129,11 +132,11 @@ def main(run: Callable[..., Dict], description: str, train_samples: int, test_sa
         extra(parser)
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in vars(args).items()
-              if k not in ("method", "readout_only", "train_samples", "test_samples", "epochs", "seed",
+              if k not in ("method", "readout_only", "local", "train_samples", "test_samples", "epochs", "seed",
                            "data_root", "device", "progress", "set", "setup")}
     res = run(None if args.method == "bptt" else args.method, train_samples=args.train_samples,
               test_samples=args.test_samples, epochs=args.epochs, seed=args.seed,
-              readout_only=args.readout_only, options=parse_set(args.set), data_root=args.data_root,
+              readout_only=args.readout_only, local=args.local, options=parse_set(args.set), data_root=args.data_root,
               progress=args.progress, device=args.device, **parse_set(args.setup), **kwargs)
     shown = {k: v for k, v in res.items() if k != "losses"}
     print(json.dumps(shown))
