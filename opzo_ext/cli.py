@@ -224,16 +224,20 @@ def run(args: argparse.Namespace) -> list[dict]:
     return ran
 
 
-def save_atomically(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: ``path`` is always
-    either the old file or the complete new one."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then ``os.replace``: ``path`` is always
+    either the old file or the complete new one, and the temporary file never stays behind."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def save_atomically(obj, path: Path) -> None:
+    """``torch.save(obj, path)``, atomically (:func:`replace_atomically`)."""
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _append_record(path: Path, record: dict) -> None:
@@ -343,9 +347,7 @@ def _reconcile_results(path: Path, state: dict) -> list[dict]:
     records = [kept[e] for e in sorted(kept)]
     text = "".join(json.dumps(r) + "\n" for r in records)
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        replace_atomically(path, lambda tmp: tmp.write_text(text))
     return records
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import diagnostics
 from ._optional import require
-from .cli import add_download_option, data_advice, positive_int, sigterm_unwinds
+from .cli import add_download_option, data_advice, positive_int, replace_atomically, sigterm_unwinds
 from .data import get_dataset  # needs opzo_ext[data], and says so
 from .errors import OpzoError
 from .losses import instantaneous_loss
@@ -150,15 +150,6 @@ def check_destination(out: Path, overwrite: bool) -> None:
                         f"figures, or --out with another file.")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_report(results: dict, args, out: Path) -> None:
     name = DATA_NAMES[args.dataset]
     quick = getattr(args, "quick", False)
@@ -217,7 +208,8 @@ def write_report(results: dict, args, out: Path) -> None:
             ref = f"{paper[setting]:.2f}" if setting in paper else "-"
             lines.append(f"| {setting} | {r['accuracy']:.2f} | {ref} |")
         lines.append("")
-    _write_atomically(out, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    replace_atomically(out, lambda tmp: tmp.write_text(text))
 
 
 def _hidden_weights(methods: dict) -> list[str]:
@@ -273,12 +265,9 @@ def _plot_alignment(methods: dict, path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig = alignment_figure(methods, title)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
+        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
 
 
