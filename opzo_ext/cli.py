@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import models  # needs opzo_ext[spikingjelly], and says so
 from ._optional import require
-from .config import FEEDBACK_MATRICES, FEEDBACK_SCALES, METHOD_NAMES
+from .config import FEEDBACK_MATRICES, FEEDBACK_SCALES, METHOD_NAMES, TrainConfig
 from .data import get_dataset  # needs opzo_ext[data], and says so
 from .errors import OpzoError
 from .losses import instantaneous_loss
@@ -151,6 +151,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     """Train as ``args`` says; returns the JSON records of the epochs run."""
     preset = _preset(args)
     check_device(args.device)
+    config = TrainConfig(  # the session's options, checked before the run folder or the data is touched
+        method=args.method, alpha=linear_alpha(preset.alpha_start, preset.alpha_end, preset.epochs),
+        momentum=preset.momentum, feedback_scale=preset.feedback_scale, local=preset.local_scale if args.local else False,
+        seed=args.seed, feedback_matrix=args.feedback_matrix, feedback_rank=args.feedback_rank)
     out = Path(args.out)
     checkpoint, results = out / CHECKPOINT, out / RESULTS
     _prepare_out(out, args)
@@ -182,12 +186,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     lr = preset.zo_lr if args.method == "zo" else preset.lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=preset.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=preset.epochs)
-    example = _step_inputs(train_set[0][0][None].to(args.device), preset)[0]  # attach at once: the
-    session = opzo_train(  # local readouts must be in the optimizer before its state is loaded
-        model, args.method, alpha=linear_alpha(preset.alpha_start, preset.alpha_end, preset.epochs),
-        momentum=preset.momentum, feedback_scale=preset.feedback_scale, local=preset.local_scale if args.local else False,
-        optimizer=optimizer, seed=args.seed, example_input=example, feedback_matrix=args.feedback_matrix,
-        feedback_rank=args.feedback_rank)
+    example = _step_inputs(train_set[0][0][None].to(args.device), preset)[0]
+    # attached at once: the local readouts must be in the optimizer before its state is loaded
+    session = opzo_train(model, config=config, optimizer=optimizer, example_input=example)
     start = 0
     records = records if state is not None else []
     ran = []

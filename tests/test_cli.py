@@ -176,6 +176,15 @@ def test_an_unwritable_out_is_refused_before_any_data_is_read(tmp_path, capsys, 
     assert "cannot create the run folder" in err and "another --out" in err
 
 
+def test_session_options_are_checked_before_the_run_folder_or_the_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "get_dataset", lambda *a, **k: pytest.fail("data read before the options were checked"))
+    out = tmp_path / "run"
+    assert cli.main([*TINY, "--method", "none", "--out", str(out)]) == 2  # method 'none' needs --local
+    err = capsys.readouterr().err
+    assert "method='none'" in err and "pass local=True" in err
+    assert not out.exists()
+
+
 class Interrupt(BaseException):
     pass
 
