@@ -35,6 +35,7 @@ def build(session, topology) -> None:
         for index, name in enumerate(conv_sites(session, topology, modules), start=len(topology.neurons)):
             pres = [session.flow.neurons[p] for p in topology.presynaptic.get(name, [])]
             session.flow.convs[name] = ConvSite(name, modules[name], noise(index), pres)
+    session.flow.layers = list(session.flow.convs) if at_convs else list(topology.hidden)
     resume.adopt(session)
     resume.load_noise(session)
     shapes = sizing.layer_shapes(topology, session.flow.neurons, session.layers)

@@ -74,6 +74,7 @@ class StepFlow:
         self.session = session
         self.neurons: dict[str, NeuronState] = {}
         self.convs: dict[str, ConvSite] = {}  # inject="conv": the perturbed convolutions
+        self.layers: list[str] = []  # the layers receiving feedback (hidden neurons, or the convs), forward order
         self.pending: dict[str, LayerStep] = {}  # hidden layer -> its call of this step, until the readout
         self.live = LiveTaps()  # Taps whose backward has not run yet
         self.last_neuron: Optional[NeuronState] = None  # the neuron called last (its step layout)
@@ -154,7 +155,7 @@ class StepFlow:
         if not s.method.uses_tap() or not self.pending:
             self.pending.clear()
             return o
-        layers = [n for n in (self.convs or s.topology.hidden) if n in self.pending]
+        layers = [n for n in self.layers if n in self.pending]
         for extension in s.extensions:
             tapped = extension.on_readout(self, o, layers, pre)
             if tapped is not None:

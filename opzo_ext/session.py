@@ -82,9 +82,7 @@ class Session:
     # ----------------------------------------------------------------- public API
     @property
     def layers(self) -> list[str]:
-        if self.flow.convs:
-            return list(self.flow.convs)
-        return list(self.topology.hidden) if self.topology else []
+        return list(self.flow.layers)
 
     @property
     def igl_method(self):
