@@ -112,8 +112,8 @@ class Lags(Extension):
             raise OpzoError(
                 "lags=True feeds the output of every step back to the spikes of all earlier steps of the "
                 "sequence, so it needs one backward per sequence, after the time loop (sum the losses of the "
-                "steps, then call backward() once); a backward per step needs lags=False. If a new sequence started, reset the network first "
-                "(functional.reset_net, snntorch.utils.reset or session.reset()).")
+                "steps, then call backward() once); a backward per step needs lags=False. If a new sequence "
+                "started, reset the network first (functional.reset_net, snntorch.utils.reset or session.reset()).")
         entries, spikes, z = [], [], []
         for name in layers:
             flow.pending.pop(name)
