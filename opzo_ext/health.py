@@ -18,7 +18,10 @@ Rules (defaults in brackets, arguments of :class:`Health`):
   AdamW, RMSprop, ...), below that ``eps``. A scale-invariant optimizer does not care about the
   ratio, so with a known ``eps`` only the ``eps`` rule applies;
 * **feedback still zero**: after ``feedback_after`` [500] time steps a hidden layer's feedback
-  matrix (``session.feedback``; methods with matrices) has an RMS entry below ``1e-10``.
+  matrix (``session.feedback``; methods with matrices) has an RMS entry below ``1e-10``;
+* **feedback held back** (OPZO, ``feedback_scale="jacobian"``): after ``held_after`` [100]
+  updates of a layer's ``M``, its reliability ``rho`` (the share of its feedback OPZO sends while
+  ``M`` is mostly noise, :mod:`~opzo_ext.feedback.opzo_gain`) is below ``held_rho`` [0.1].
 
 Cost: nothing is read on most steps. Each neuron's spike sum, and each synapse weight's mean
 ``|g|`` (from a post-accumulate-grad hook), is taken on about one call in ``every`` [25]; the stride
@@ -50,6 +53,8 @@ GRAD_RATIO = 1e-3  # hidden mean |g| below this fraction of the readout's: feedb
 WINDOW = 8  # checks averaged by the gradient rules
 FEEDBACK_AFTER = 500  # time steps before a feedback matrix still at ~0 is reported
 FEEDBACK_RMS = 1e-10  # RMS entry of a feedback matrix below which it counts as zero
+HELD_AFTER = 100  # updates of OPZO's M before a reliability below HELD_RHO is reported
+HELD_RHO = 0.1  # reliability below which a layer counts as held back (M's noise > 90% of its energy)
 LOWER_EPS = "lower the optimizer's eps (e.g. eps=1e-12)"  # the remedies the gradient warnings offer
 RAISE_LR = "raise this layer's learning rate"
 MAX_PENDING = 4096  # sampled values kept on the device at most between two reads
@@ -126,6 +131,14 @@ def _warn(message: str) -> None:
     warnings.warn(message, HealthWarning, stacklevel=level if frame is not None else 2)
 
 
+def per_sample(session, name: str) -> int:
+    """Values per sample of layer ``name``'s output (a neuron layer, or a convolution with
+    ``inject="conv"``): its shape without the batch (and time, for multi-step neurons) axes."""
+    shape, rec = session.topology.out_shapes[name], session.flow.neurons.get(name)
+    lead = 2 if rec is not None and rec.adapter.is_multistep(rec.module) else 1
+    return math.prod(shape[lead:])
+
+
 def _never_spikes(module: nn.Module) -> bool:
     """Neurons with an infinite threshold (a membrane readout) are silent by design."""
     threshold = getattr(module, "v_threshold", getattr(module, "threshold", None))
@@ -149,11 +162,13 @@ class Health:
     """
 
     def __init__(self, session, enabled: bool = True, every: int = EVERY, silent_steps: int = SILENT_STEPS,
-                 grad_ratio: float = GRAD_RATIO, window: int = WINDOW, feedback_after: int = FEEDBACK_AFTER):
+                 grad_ratio: float = GRAD_RATIO, window: int = WINDOW, feedback_after: int = FEEDBACK_AFTER,
+                 held_after: int = HELD_AFTER, held_rho: float = HELD_RHO):
         self.session = session
         self.enabled = enabled
         self.every, self.silent_steps, self.grad_ratio = every, silent_steps, grad_ratio
         self.window, self.feedback_after = window, feedback_after
+        self.held_after, self.held_rho = held_after, held_rho
         self.neurons: dict[str, _NeuronStats] = {}
         self.weights: dict[str, _WeightStats] = {}  # parameter name -> stats
         self.feedback_norms: dict[str, float] = {}  # layer -> Frobenius norm when checked
@@ -242,12 +257,24 @@ class Health:
                 due.append((name, entries, method.energy(m).sqrt()))
         return due
 
+    def _held_due(self) -> list[tuple[str, int, torch.Tensor]]:
+        """(layer, updates of its M, reliability on the device) of OPZO's layers not yet reported
+        whose M has had ``held_after`` updates."""
+        due, layers = [], set(self.session.layers)
+        for method in (self.session.method, self.session.igl_method):
+            gain = getattr(method, "gain", None)
+            for name, rho in (getattr(gain, "reliability", None) or {}).items():
+                updates = gain.updates.get(name, 0)
+                if name in layers and updates >= self.held_after and ("held", name) not in self._warned:
+                    due.append((name, updates, rho))
+        return due
+
     @torch.no_grad()
     def check(self) -> None:
         """Read every sampled value now (one synchronisation) and apply the rules."""
         pending, self._pending = self._pending, []
-        feedback = self._feedback_due()
-        tensors = [entry[2] for entry in pending] + [norm for _, _, norm in feedback]
+        feedback, held = self._feedback_due(), self._held_due()
+        tensors = [entry[2] for entry in pending] + [norm for _, _, norm in feedback] + [rho for _, _, rho in held]
         if not tensors:
             return
         device = tensors[0].device
@@ -264,6 +291,9 @@ class Health:
                 self._gradient(stats, v / extra)
         for (name, entries, _), v in zip(feedback, values[len(pending):]):
             self._feedback(name, entries, v)
+        for (name, updates, _), v in zip(held, values[len(pending) + len(feedback):]):
+            if v < self.held_rho:
+                self._held(name, updates, v)
 
     def _once(self, cause: str, layer: str, message: str) -> None:
         if (cause, layer) not in self._warned:
@@ -362,3 +392,18 @@ class Health:
             f"The feedback matrix of hidden layer '{name}' (method '{method}') is still ~0 (Frobenius norm "
             f"{norm:.1e}) after {self.session.steps} steps: the layer receives no error and does not learn. {why}. "
             "session.summary() shows the layers and their feedback matrices."))
+
+    def _held(self, name: str, updates: int, rho: float) -> None:
+        size = per_sample(self.session, name)
+        quiet = [n for n, stats in self.neurons.items() if not stats.output and stats.zero_samples >= 2]
+        silent = (f" {'Layer' if len(quiet) == 1 else 'Layers'} {_names(quiet)} {'has' if len(quiet) == 1 else 'have'} "
+                  "not spiked lately: a layer's noise reaches the output only through spiking layers, so M may "
+                  "have nothing to estimate; fix that first.") if quiet else ""
+        self._once("held", name, (
+            f"OPZO sends hidden layer '{name}' only {rho:.0%} of its feedback (reliability {rho:.2f} after {updates} "
+            f"updates of its M, {size:,} values per sample): M, estimated from the injected noise, is still mostly "
+            f"noise, so OPZO holds the feedback back and the layer barely learns.{silent} The reliability grows as M "
+            "averages more updates (more steps; a larger batch makes each update less noisy). On a short run, or "
+            "for a convolutional layer whose reliability stays low, add local learning (local=True, optimizer=opt "
+            "and loss + session.local_loss(y)), which gives every hidden layer a signal of its own. "
+            "session.summary() shows each layer's reliability."))

@@ -4,12 +4,11 @@ layer (neuron type, neurons per sample, synapses, feedback matrix and bytes, fir
 the feedback memory, the steps trained and what the :mod:`~opzo_ext.health` checks found."""
 from __future__ import annotations
 
-import math
 import textwrap
 
 import torch
 
-from .health import Health, _names
+from .health import Health, _names, per_sample
 
 def _bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -42,12 +41,6 @@ def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
-def _per_sample(session, name: str) -> int:
-    shape, rec = session.topology.out_shapes[name], session.flow.neurons[name]
-    lead = 2 if rec.adapter.is_multistep(rec.module) else 1
-    return math.prod(shape[lead:])
-
-
 def _synapse(modules: dict, name: str) -> str:
     w = getattr(modules[name], "weight", None)
     shape = f" weight [{', '.join(map(str, w.shape))}]" if isinstance(w, torch.Tensor) else ""
@@ -77,7 +70,7 @@ def summary(session) -> str:
     lines.append(f"hidden layers ({len(topo.hidden)}):")
     for name in topo.hidden:
         module = modules[name]
-        lines.append(f"  '{name}' {type(module).__name__}: {_per_sample(session, name):,} neurons per sample")
+        lines.append(f"  '{name}' {type(module).__name__}: {per_sample(session, name):,} neurons per sample")
         fed = topo.afferent.get(name, [])
         lines.append("      fed by " + (", ".join(_synapse(modules, s) for s in fed) if fed else "no synapse"))
         if feeds.get(name):
@@ -85,21 +78,21 @@ def summary(session) -> str:
         if name in matrices:
             text, size = matrices[name]
             source = f" (from the intermediate readout at '{config.igl}')" if name in session.igl_layers else ""
-            lines.append(f"      feedback matrix {text}, {_bytes(size)}{source}")
+            lines.append(f"      feedback matrix {text}, {_bytes(size)}{source}{_reliability(session, name)}")
         lines.append(f"      firing rate {_rate(health, name)}")
     if session.flow.convs:
         lines.append(f"perturbed convolutions, inject='conv' ({len(session.flow.convs)}): noise added to their "
                      "outputs, where the feedback enters:")
         for name in session.flow.convs:
             text, size = matrices[name]
-            lines.append(f"  {_synapse(modules, name)}: {math.prod(topo.out_shapes[name][1:]):,} outputs per sample, "
-                         f"feedback matrix {text}, {_bytes(size)}")
+            lines.append(f"  {_synapse(modules, name)}: {per_sample(session, name):,} outputs per sample, "
+                         f"feedback matrix {text}, {_bytes(size)}{_reliability(session, name)}")
     kind, site = topo.tap
     if kind == "synapse":
         lines.append(f"readout: {_synapse(modules, site)}")
     else:
         fed = topo.afferent.get(site, [])
-        lines.append(f"readout: output neurons '{site}' {type(modules[site]).__name__} ({_per_sample(session, site):,} "
+        lines.append(f"readout: output neurons '{site}' {type(modules[site]).__name__} ({per_sample(session, site):,} "
                      f"per sample), fed by {', '.join(_synapse(modules, s) for s in fed) or 'no synapse'}; "
                      f"firing rate {_rate(health, site)}")
     if len(session.local_readouts):
@@ -112,6 +105,14 @@ def summary(session) -> str:
     lines.append(f"steps trained: {session.steps:,}")
     lines.append(_health_lines(health))
     return "\n".join(lines)
+
+
+def _reliability(session, name: str) -> str:
+    """OPZO's reliability ``rho`` of the layer's M (``feedback_scale="jacobian"``): the share of its
+    feedback it sends, low while M is mostly noise."""
+    gain = getattr(session.method, "gain", None)
+    rho = getattr(gain, "reliability", {}).get(name)
+    return "" if rho is None else f", reliability {float(rho):.2f} (share of its feedback sent)"
 
 
 def _rate(health: Health, name: str) -> str:

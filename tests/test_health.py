@@ -236,6 +236,13 @@ def test_summary_of_a_snntorch_model():
                  "health: 1 checks", "no warnings"):
         assert line in text, (line, text)
     assert "firing rate 0." in text and "sampled calls" in text
+    for name in ("1", "3"):  # the share of each layer's feedback that OPZO sends (feedback_scale="jacobian")
+        rho = float(session.method.gain.reliability[name])
+        assert 0.0 <= rho <= 1.0 and f"B, reliability {rho:.2f} (share of its feedback sent)" in text
+    paper_net = snn_seq()
+    paper = opzo.train(paper_net, method="opzo", feedback_scale="paper", seed=0)
+    train_steps(paper_net, paper, 40)
+    assert "feedback matrix [24, 4] float32, 384 B\n" in paper.summary()  # no reliability: the paper's M as is
     assert repr(session) == ("Session(method='opzo', model=Sequential, hidden=['1', '3'], feedback=640 B, "
                              "steps=40, warnings=0)")
     torch.manual_seed(0)
@@ -278,3 +285,34 @@ def test_feedback_held_back_by_opzo_is_explained_with_its_reliability():
     text = session.health._cause(stats, "raise this layer's learning rate")
     assert text.startswith("OPZO holds back this layer's feedback while its M is mostly noise (estimated "
                            "reliability 0.02") and "feedback_scale='corrected'" in text
+
+
+def _wide(seed: int = 0) -> nn.Sequential:
+    """A first hidden layer of 2000 neurons: with batch 8, OPZO's M of it stays mostly noise."""
+    torch.manual_seed(seed)
+    return _boost(nn.Sequential(nn.Linear(10, 2000), snn.Leaky(beta=0.5, init_hidden=True),
+                                nn.Linear(2000, 16), snn.Leaky(beta=0.5, init_hidden=True), nn.Linear(16, 4)))
+
+
+def test_feedback_held_back_for_long_warns_naming_the_layer_and_local_learning():
+    net = _wide()
+    session = opzo.train(net, method="opzo", seed=0)
+    assert train_steps(net, session, 96) == []  # under held_after=100 updates of M: not yet judged
+    assert float(session.method.gain.reliability["1"]) < 0.1
+    messages = train_steps(net, session, 200)
+    held = [m for m in messages if m.startswith("OPZO sends hidden layer")]
+    assert len(held) == 1 and held[0].startswith("OPZO sends hidden layer '1' only ") and "2,000 values per sample" in held[0]
+    assert "local=True" in held[0] and "session.summary()" in held[0]
+    assert float(session.method.gain.reliability["3"]) > 0.5 and "'3'" not in held[0]  # the small layer is fine
+    assert train_steps(net, session, 100) == []  # once per layer
+
+
+def test_feedback_held_back_is_quiet_on_a_small_network_and_off_without_the_shrinkage():
+    net = snn_seq()
+    session = opzo.train(net, method="opzo", seed=0)
+    assert train_steps(net, session, 296) == []
+    assert min(float(r) for r in session.method.gain.reliability.values()) > 0.5
+    for scale in ("corrected", "paper"):  # no reliability, no shrinkage: nothing held back
+        net = _wide()
+        session = opzo.train(net, method="opzo", seed=0, feedback_scale=scale)
+        assert not [m for m in train_steps(net, session, 296) if m.startswith("OPZO sends")]

@@ -115,8 +115,9 @@ def main(run: Callable[..., Dict], description: str, train_samples: int, test_sa
     parser.add_argument("--readout-only", action="store_true",
                         help="control: train only the readout (last Linear), everything else frozen")
     parser.add_argument("--local", action="store_true",
-                        help="add the paper's local learning (a readout per hidden layer); with --method none: "
-                             "local learning alone, the control for what the method's feedback adds")
+                        help="add the paper's local learning (a readout per hidden layer, loss scale 0.01; "
+                             "--set local=S for another scale); with --method none: local learning alone, the "
+                             "control for what the method's feedback adds")
     parser.add_argument("--train-samples", type=int, default=train_samples)
     parser.add_argument("--test-samples", type=int, default=test_samples)
     parser.add_argument("--epochs", type=int, default=1)

@@ -79,7 +79,7 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
     if local and (readout_only or not method):
         raise ValueError("local=True needs a method and all layers trained (not readout_only).")
     extra = dict(local=True, optimizer=optimizer) if local else {}  # opzo: local learning
-    session = opzo.train(net, method=method, **(options or {}), **extra) if method else contextlib.nullcontext()
+    session = opzo.train(net, method=method, **(extra | (options or {}))) if method else contextlib.nullcontext()
     start = time.perf_counter()
     with session:  # opzo: the only change to the example's loop
         for epoch in range(epochs):
