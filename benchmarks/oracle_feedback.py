@@ -44,7 +44,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402 (benchmarks/ is on the path)
+from _controls import noise_only  # noqa: E402 (benchmarks/ is on the path)
+from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402
 from examples.third_party import snntorch_tutorial6 as t6  # noqa: E402
 from opzo_ext.distributed import global_batch  # noqa: E402
 from opzo_ext.feedback import METHODS  # noqa: E402
@@ -55,7 +56,8 @@ ORACLES = ("oracle, averaged", "oracle, this step")
 RECENT = {"opzo, plain average": (1, False), "opzo, plain average, shrunk": (1, True),  # variant -> (c, shrink)
           "opzo, recent average c=2": (2, False), "opzo, recent average c=4": (4, False),
           "opzo, recent average c=4, shrunk": (4, True), "opzo, recent average c=8, shrunk": (8, True)}
-LOCAL = {"opzo, local learning": "opzo", "dfa, local learning": "dfa", "local learning alone": "none"}
+LOCAL = {"opzo, local learning": "opzo", "dfa, local learning": "dfa", "local learning alone": "none",
+         "local learning with opzo's noise": "opzo", "bp, local learning": "bp"}
 VARIANTS = ("bp", "opzo", *ORACLES, "opzo, control variates", *RECENT, *LOCAL, "dfa", "opzo, measured")
 
 
@@ -69,7 +71,7 @@ class MeasuredOPZO(OPZO):
 
     def __init__(self, config, generator_for):
         super().__init__(config, generator_for)
-        self.jacobians, self.sums, self.updates, self.trace = {}, {}, {}, []
+        self.jacobians, self.sums, self.trace = {}, {}, []
 
     @torch.no_grad()
     def step(self, call, o, in_place=False):
@@ -77,7 +79,6 @@ class MeasuredOPZO(OPZO):
         lam, row = self.config.momentum, {}
         for name in call.layers:
             j = self.jacobians.pop(name)
-            k = self.updates[name] = self.updates.get(name, 0) + 1
             self.sums[name] = lam * self.sums.get(name, torch.zeros_like(j)) + (1 - lam) * j
             m = self.matrices[name]
             row[name] = (_cos(m, self.sums[name]), _cos(m, j), float(self.gain.reliability.get(name, float("nan"))))
@@ -186,6 +187,8 @@ def run(variant: str, seed: int) -> dict:
     method, local, patches, methods = variant, False, [], []
     if variant in LOCAL:  # the example's local=True (appendix C.1) with opzo, dfa or "none"
         method, local = LOCAL[variant], True
+        if variant == "local learning with opzo's noise":
+            patches.append(noise_only())
     elif variant in RECENT:
         method = "opzo"
         recent = RECENT[variant]

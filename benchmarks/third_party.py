@@ -15,6 +15,7 @@ The setups live in ``examples/third_party/`` (their headers name the source and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import time
@@ -22,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402 (benchmarks/ is on the path)
+from _controls import noise_only  # noqa: E402 (benchmarks/ is on the path)
+from _runs import append_run, check_destinations, load_runs, write_page  # noqa: E402
 
 # setup key -> (module, title, budget keywords of run(), setup overrides, what the budget is)
 SETUPS = {
@@ -37,6 +39,10 @@ SETUPS = {
     "sj": ("spikingjelly_conv_fashion_mnist", "SpikingJelly `conv_fashion_mnist.py` (CSNN, BN, IF, MSE on rate, SGD 0.1)",
            dict(train_samples=4000, test_samples=1000), dict(channels=64),
            "Fashion-MNIST 4000 / 1000, T = 4, 1 epoch, `-channels 64` (the example's default is 128)"),
+    "sj-full": ("spikingjelly_conv_fashion_mnist",
+                "SpikingJelly `conv_fashion_mnist.py`, one full epoch (468 SGD steps instead of 31)",
+                dict(train_samples=60000, test_samples=10000), dict(channels=64),
+                "Fashion-MNIST 60000 / 10000, T = 4, 1 epoch, `-channels 64`"),
 }
 # variant -> (method, session options, readout only)
 VARIANTS = {
@@ -53,12 +59,14 @@ VARIANTS = {
     "readout-only": ("bp", {}, True),
     "opzo-local": ("opzo", {"local": True}, False),  # with local learning (appendix C.1)
     "local-only": ("none", {"local": True}, False),  # local learning alone: no error from the output
+    "local-noise": ("opzo", {"local": True}, False),  # ... with OPZO's noise, M held at zero (_controls.NoiseOnly)
 }
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
           "opzo-m0.9999": "opzo, `momentum=0.9999`", "opzo-m0.999": "opzo, `momentum=0.999`",
           "readout-only": "readout only (control)", "opzo-local": "opzo + local learning",
-          "local-only": "local learning alone (control: no output error reaches the hidden layers)"}
+          "local-only": "local learning alone (control: no output error reaches the hidden layers)",
+          "local-noise": "local learning with OPZO's noise, no feedback (control)"}
 
 
 def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
@@ -67,8 +75,9 @@ def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
     method, options, readout_only = VARIANTS[variant]
     options = dict(options)
     local = options.pop("local", False)
-    res = run(method, seed=seed, readout_only=readout_only, local=local,
-              options={**options, "seed": seed} if method else None, data_root=data_root, **budget, **overrides)
+    with noise_only() if variant == "local-noise" else contextlib.nullcontext():
+        res = run(method, seed=seed, readout_only=readout_only, local=local,
+                  options={**options, "seed": seed} if method else None, data_root=data_root, **budget, **overrides)
     res.pop("losses", None)
     return {"setup": setup, "variant": variant, "seed": seed, **res}
 
