@@ -21,7 +21,8 @@ routing, which depend on the sample.
 Beside them run variants of OPZO's own estimate, everything else being OPZO's (``inject="after"``,
 the surrogate derivative, the traces): control variates for the other layers' noise
 (:class:`ControlVariates`), averages that forget the early steps (:class:`RecentOPZO`), and local
-learning (appendix C.1) with OPZO, with DFA and alone (``method="none"``); ``opzo, measured``
+learning (appendix C.1) with OPZO, with DFA, with bp, alone (``method="none"``) and alone with OPZO's
+noise (:class:`_controls.NoiseOnly`); ``opzo, measured``
 records how close OPZO's M is to the exact Jacobians (:class:`MeasuredOPZO`).
 
     .venv/bin/python benchmarks/oracle_feedback.py --seeds 0 1 2     # ~2-3 min per run on one thread
@@ -58,6 +59,11 @@ RECENT = {"opzo, plain average": (1, False), "opzo, plain average, shrunk": (1, 
           "opzo, recent average c=4, shrunk": (4, True), "opzo, recent average c=8, shrunk": (8, True)}
 LOCAL = {"opzo, local learning": "opzo", "dfa, local learning": "dfa", "local learning alone": "none",
          "local learning with opzo's noise": "opzo", "bp, local learning": "bp"}
+# (a, b): a - b on the seeds both ran, the comparisons the page's reading rests on
+PAIRS = (("opzo", "dfa"), ("opzo", "bp"), ("opzo, local learning", "local learning alone"),
+         ("opzo, local learning", "local learning with opzo's noise"),
+         ("local learning with opzo's noise", "local learning alone"), ("bp, local learning", "local learning alone"),
+         ("local learning alone", "bp"))
 VARIANTS = ("bp", "opzo", *ORACLES, "opzo, control variates", *RECENT, *LOCAL, "dfa", "opzo, measured")
 
 
@@ -247,7 +253,9 @@ def page(runs: list[dict]) -> str:
              "`optimizer=` and `loss + session.local_loss(targets)` in the loop): a Linear readout per hidden",
              "layer, trained with its own loss, which also reaches that layer; `dfa, local learning` the same",
              "with DFA, and `local learning alone` the control with no error from the output reaching the",
-             "hidden layers (`method=\"none\", local=True`): what the local readouts do by themselves.",
+             "hidden layers (`method=\"none\", local=True`): what the local readouts do by themselves;",
+             "`local learning with opzo's noise` injects OPZO's noise but keeps `M` at zero (what OPZO's",
+             "feedback adds beyond its noise), `bp, local learning` adds the local readouts to online BP.",
              "All rows ran in one process on one thread, seeds as listed. Command:",
              "`benchmarks/oracle_feedback.py`.", "",
              "| method | test accuracy (%), mean | per seed |", "|---|---|---|"]
@@ -257,6 +265,17 @@ def page(runs: list[dict]) -> str:
             mean = sum(by[v].values()) / len(seeds)
             lines.append(f"| {v} | {mean:.1f} | {' / '.join(f'{by[v][s]:.1f}' for s in seeds)} (seeds "
                          f"{', '.join(map(str, seeds))}) |")
+    lines += ["", "## Paired differences", "",
+              "`a - b` in points over the seeds both rows ran (each seed gives both the same initial weights and",
+              "batch order), with the standard error of the mean difference: a difference within about two",
+              "standard errors of zero is not resolved by these seeds.", "",
+              "| a | b | seeds | a - b | standard error |", "|---|---|---|---|---|"]
+    for a, b in PAIRS:
+        diffs = [by[a][s] - by[b][s] for s in sorted(by[a]) if s in by[b]]
+        if len(diffs) > 1:
+            mean = sum(diffs) / len(diffs)
+            se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+            lines.append(f"| {a} | {b} | {len(diffs)} | {mean:+.1f} | {se:.1f} |")
     measured = [r for r in runs if r["variant"] == "opzo, measured"]
     if measured:
         lines += ["", "## How close OPZO's own M is to the exact Jacobians", "",
