@@ -60,13 +60,16 @@ VARIANTS = {
     "opzo-local": ("opzo", {"local": True}, False),  # with local learning (appendix C.1)
     "local-only": ("none", {"local": True}, False),  # local learning alone: no error from the output
     "local-noise": ("opzo", {"local": True}, False),  # ... with OPZO's noise, M held at zero (_controls.NoiseOnly)
+    "noise-only": ("opzo", {}, False),  # OPZO's noise, M held at zero: no hidden-layer learning at all
 }
+NOISE_ONLY = ("local-noise", "noise-only")  # the variants whose "opzo" is _controls.NoiseOnly
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
           "opzo-m0.9999": "opzo, `momentum=0.9999`", "opzo-m0.999": "opzo, `momentum=0.999`",
           "readout-only": "readout only (control)", "opzo-local": "opzo + local learning",
           "local-only": "local learning alone (control: no output error reaches the hidden layers)",
-          "local-noise": "local learning with OPZO's noise, no feedback (control)"}
+          "local-noise": "local learning with OPZO's noise, no feedback (control)",
+          "noise-only": "OPZO's noise, no feedback (control: readout learns under the noise)"}
 
 
 def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
@@ -75,7 +78,7 @@ def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
     method, options, readout_only = VARIANTS[variant]
     options = dict(options)
     local = options.pop("local", False)
-    with noise_only() if variant == "local-noise" else contextlib.nullcontext():
+    with noise_only() if variant in NOISE_ONLY else contextlib.nullcontext():
         res = run(method, seed=seed, readout_only=readout_only, local=local,
                   options={**options, "seed": seed} if method else None, data_root=data_root, **budget, **overrides)
     res.pop("losses", None)

@@ -181,3 +181,13 @@ def test_local_learning_is_two_more_changes_that_train_every_layer(name, method,
             assert not torch.equal(p.detach(), seen["init"][key]), f"{name}: {key} did not train"
     with pytest.raises(ValueError, match="local=True"):
         module.run("bp", readout_only=True, local=True, seed=0, data_root=data_root, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["tutorial5", "conv_fashion_mnist"])
+def test_local_learning_takes_another_scale_from_the_options(name, monkeypatch, request):
+    """``--set local=S`` (options={"local": S}) with local=True opens the session with scale S."""
+    module, _, data, _, kwargs = SETUPS[name]
+    opened, real_train = [], opzo.train
+    monkeypatch.setattr(module.opzo, "train", lambda net, **kw: opened.append(real_train(net, **kw)) or opened[-1])
+    module.run("opzo", local=True, options={"local": 0.5}, seed=0, data_root=request.getfixturevalue(data), **kwargs)
+    assert [s.config.local_scale for s in opened] == [0.5] and opened[0]._optimizer is not None
