@@ -61,15 +61,20 @@ VARIANTS = {
     "local-only": ("none", {"local": True}, False),  # local learning alone: no error from the output
     "local-noise": ("opzo", {"local": True}, False),  # ... with OPZO's noise, M held at zero (_controls.NoiseOnly)
     "noise-only": ("opzo", {}, False),  # OPZO's noise, M held at zero: no hidden-layer learning at all
+    "opzo-bn": ("opzo", {}, False),  # then opzo.update_bn: BatchNorm statistics without the noise
+    "noise-only-bn": ("opzo", {}, False),
 }
-NOISE_ONLY = ("local-noise", "noise-only")  # the variants whose "opzo" is _controls.NoiseOnly
+NOISE_ONLY = ("local-noise", "noise-only", "noise-only-bn")  # the variants whose "opzo" is _controls.NoiseOnly
+UPDATE_BN = ("opzo-bn", "noise-only-bn")  # run(..., update_bn=True) (setups with BatchNorm)
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
           "opzo-m0.9999": "opzo, `momentum=0.9999`", "opzo-m0.999": "opzo, `momentum=0.999`",
           "readout-only": "readout only (control)", "opzo-local": "opzo + local learning",
           "local-only": "local learning alone (control: no output error reaches the hidden layers)",
           "local-noise": "local learning with OPZO's noise, no feedback (control)",
-          "noise-only": "OPZO's noise, no feedback (control: readout learns under the noise)"}
+          "noise-only": "OPZO's noise, no feedback (control: readout learns under the noise)",
+          "opzo-bn": "opzo, then `opzo.update_bn` (BatchNorm statistics without the noise)",
+          "noise-only-bn": "OPZO's noise, no feedback, then `opzo.update_bn` (control)"}
 
 
 def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
@@ -79,8 +84,10 @@ def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
     options = dict(options)
     local = options.pop("local", False)
     with noise_only() if variant in NOISE_ONLY else contextlib.nullcontext():
+        bn = {"update_bn": True} if variant in UPDATE_BN else {}
         res = run(method, seed=seed, readout_only=readout_only, local=local,
-                  options={**options, "seed": seed} if method else None, data_root=data_root, **budget, **overrides)
+                  options={**options, "seed": seed} if method else None, data_root=data_root, **budget, **overrides,
+                  **bn)
     res.pop("losses", None)
     return {"setup": setup, "variant": variant, "seed": seed, **res}
 

@@ -14,13 +14,14 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import diagnostics
+from .batchnorm import update_bn
 from .config import METHOD_NAMES, TrainConfig
 from .deploy import noisy
 from .errors import ConfigError, HealthWarning, OpzoError, UnsupportedModelError
 from .noise import linear_alpha
 from .session import Session, train
 
-__all__ = ["diagnostics", "train", "Session", "TrainConfig", "METHOD_NAMES", "linear_alpha", "noisy",
+__all__ = ["diagnostics", "train", "Session", "TrainConfig", "METHOD_NAMES", "linear_alpha", "noisy", "update_bn",
            "OpzoError", "ConfigError", "UnsupportedModelError", "HealthWarning"]
 
 try:  # the version is written once, in pyproject.toml; installing puts it in the metadata

@@ -32,6 +32,8 @@ class Topology:
     afferent: dict[str, list[str]] = field(default_factory=dict)  # neuron -> synapses feeding it
     in_shapes: dict[str, tuple] = field(default_factory=dict)  # module -> shape of its first input
     out_shapes: dict[str, tuple] = field(default_factory=dict)  # module -> shape of its first output
+    norms: list[str] = field(default_factory=list)  # BatchNorm layers with running statistics first
+    # called after the first hidden neuron: in training they see the session's noise
 
 
 def _tensors(obj: Any) -> Iterable[torch.Tensor]:
@@ -98,11 +100,18 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, is_neuron: Callable[[n
                     table[t.grad_fn] = name
         return hook
 
+    def record_norm(name: str):
+        def hook(module, hook_args, output):
+            order.setdefault(name, "norm")
+        return hook
+
     for name, module in probe.named_modules():
         if is_neuron(module):
             handles.append(module.register_forward_hook(record(name, neuron_out)))
         elif is_synapse(module):
             handles.append(module.register_forward_hook(record(name, synapse_out)))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            handles.append(module.register_forward_hook(record_norm(name)))
 
     def needs_grad(x):  # so that every op of the step has a node, even with frozen parameters
         return x.detach().requires_grad_() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
@@ -152,6 +161,9 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, is_neuron: Callable[[n
         upstream = _walk(inputs[name], stops)
         afferent[name] = [s for s, kind in order.items() if kind == "synapse" and s in upstream]
     hidden = [n for n in neurons if n not in out_neurons]
+    called = list(order)
+    after_hidden = called[called.index(hidden[0]):] if hidden else []
     return Topology(neurons=neurons, hidden=hidden, output_neurons=out_neurons, tap=tap,
-                    presynaptic=presynaptic, afferent=afferent, in_shapes=in_shapes, out_shapes=out_shapes)
+                    presynaptic=presynaptic, afferent=afferent, in_shapes=in_shapes, out_shapes=out_shapes,
+                    norms=[n for n in after_hidden if order[n] == "norm"])
 

@@ -27,11 +27,15 @@ also computes the loss per sample (``reduction="none"``) and hands it to ``sessi
 zeroth order multiplies each sample's noise by that sample's own loss.
 ``local=True`` adds the paper's local learning (appendix C.1), two more changes: ``local=True,
 optimizer=optimizer`` in ``opzo.train`` and ``+ session.local_loss(targets)`` on the loss.
+``update_bn=True`` recomputes the BatchNorm statistics without the session's noise after training
+(``opzo.update_bn`` on 16 training batches), one more line: under OPZO and ZO the running
+statistics are accumulated from noisy activations, and the session warns about it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -56,8 +60,8 @@ SETUP = dict(T=4, channels=128, batch_size=128, lr=0.1, momentum=0.9)
 
 
 def run(method: str | None, *, train_samples: int, test_samples: int, epochs: int = 1, seed: int = 0,
-        readout_only: bool = False, local: bool = False, options: dict | None = None, data_root: str = "data",
-        progress: bool = False, device: str = "cpu", **setup_overrides) -> dict:
+        readout_only: bool = False, local: bool = False, update_bn: bool = False, options: dict | None = None,
+        data_root: str = "data", progress: bool = False, device: str = "cpu", **setup_overrides) -> dict:
     """Train as the example does (``method=None``) or inside ``opzo.train(net, method=method,
     **options)``; returns accuracy (percent, test subset), losses, seconds (see ``_common.result``)."""
     s = common.setup(SETUP, setup_overrides)
@@ -108,6 +112,8 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
             if progress:
                 print(f"epoch {epoch}: train loss {train_loss / max(train_samples_seen, 1):.4f}, "
                       f"train acc {train_acc / max(train_samples_seen, 1):.4f}")
+    if update_bn:  # opzo: BatchNorm statistics without the noise
+        opzo.update_bn(net, itertools.islice(train_data_loader, 16))
     seconds = time.perf_counter() - start
 
     net.eval()
@@ -125,8 +131,14 @@ def run(method: str | None, *, train_samples: int, test_samples: int, epochs: in
                          readout_only=readout_only)
 
 
+def _options(parser):
+    parser.add_argument("--update-bn", action="store_true",
+                        help="recompute the BatchNorm statistics without the session's noise after training")
+
+
 def main(argv=None):
-    return common.main(run, "SpikingJelly conv_fashion_mnist (CSNN, Fashion-MNIST)", 60000, 10000, argv=argv)
+    return common.main(run, "SpikingJelly conv_fashion_mnist (CSNN, Fashion-MNIST)", 60000, 10000, extra=_options,
+                       argv=argv)
 
 
 if __name__ == "__main__":
