@@ -63,9 +63,10 @@ VARIANTS = {
     "noise-only": ("opzo", {}, False),  # OPZO's noise, M held at zero: no hidden-layer learning at all
     "opzo-bn": ("opzo", {}, False),  # then opzo.update_bn: BatchNorm statistics without the noise
     "noise-only-bn": ("opzo", {}, False),
+    "opzo-local-bn": ("opzo", {"local": True}, False),
 }
 NOISE_ONLY = ("local-noise", "noise-only", "noise-only-bn")  # the variants whose "opzo" is _controls.NoiseOnly
-UPDATE_BN = ("opzo-bn", "noise-only-bn")  # run(..., update_bn=True) (setups with BatchNorm)
+UPDATE_BN = ("opzo-bn", "noise-only-bn", "opzo-local-bn")  # run(..., update_bn=True) (setups with BatchNorm)
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
           "opzo-m0.9999": "opzo, `momentum=0.9999`", "opzo-m0.999": "opzo, `momentum=0.999`",
@@ -74,7 +75,8 @@ LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"pape
           "local-noise": "local learning with OPZO's noise, no feedback (control)",
           "noise-only": "OPZO's noise, no feedback (control: readout learns under the noise)",
           "opzo-bn": "opzo, then `opzo.update_bn` (BatchNorm statistics without the noise)",
-          "noise-only-bn": "OPZO's noise, no feedback, then `opzo.update_bn` (control)"}
+          "noise-only-bn": "OPZO's noise, no feedback, then `opzo.update_bn` (control)",
+          "opzo-local-bn": "opzo + local learning, then `opzo.update_bn`"}
 
 
 def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:
