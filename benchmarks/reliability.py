@@ -2,7 +2,7 @@
 ``rho`` of every layer's ``M`` (``feedback_scale="jacobian"``, the share of its feedback OPZO sends,
 :mod:`opzo_ext.feedback.opzo_gain`) over one run of ``opzo`` (seed 0, the budgets of
 ``third_party.py``), with each layer's size. The session warns when a layer's reliability is below
-0.1 after 100 updates of its ``M``.
+0.1 after 50 updates of its ``M``.
 
     .venv/bin/python benchmarks/reliability.py                # ~3 min on one CPU core
 """
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
              "The reliability `rho` of each hidden layer's `M` (`feedback_scale=\"jacobian\"`: the share of its",
              "feedback OPZO sends while `M` is mostly noise) over one `opzo` run of each",
              "[third-party setup](third_party.md) (seed 0, the same budgets), read at a share of the run's calls.",
-             "The session warns when a layer's reliability is below 0.1 after 100 updates of its `M`; "
+             "The session warns when a layer's reliability is below 0.1 after 50 updates of its `M`; "
              "`session.summary()` shows the current values. Command: `benchmarks/reliability.py`.", "",
              "| setup | layer | values per sample | " + " | ".join(f"{f:.0%} of the run" for f in SHARES)
              + " | accuracy (%) |", "|---|---|---|" + "---|" * len(SHARES) + "---|"]

@@ -22,7 +22,7 @@ Rules (defaults in brackets, arguments of :class:`Health`):
 * **BatchNorm after the noise** (methods that inject noise): the model has BatchNorm layers with
   running statistics after the first hidden layer; their statistics will include the noise
   (:mod:`~opzo_ext.batchnorm`). Checked once, when the layers are discovered;
-* **feedback held back** (OPZO, ``feedback_scale="jacobian"``): after ``held_after`` [100]
+* **feedback held back** (OPZO, ``feedback_scale="jacobian"``): after ``held_after`` [50]
   updates of a layer's ``M``, its reliability ``rho`` (the share of its feedback OPZO sends while
   ``M`` is mostly noise, :mod:`~opzo_ext.feedback.opzo_gain`) is below ``held_rho`` [0.1].
 
@@ -56,7 +56,7 @@ GRAD_RATIO = 1e-3  # hidden mean |g| below this fraction of the readout's: feedb
 WINDOW = 8  # checks averaged by the gradient rules
 FEEDBACK_AFTER = 500  # time steps before a feedback matrix still at ~0 is reported
 FEEDBACK_RMS = 1e-10  # RMS entry of a feedback matrix below which it counts as zero
-HELD_AFTER = 100  # updates of OPZO's M before a reliability below HELD_RHO is reported
+HELD_AFTER = 50  # updates of OPZO's M before a reliability below HELD_RHO is reported
 HELD_RHO = 0.1  # reliability below which a layer counts as held back (M's noise > 90% of its energy)
 LOWER_EPS = "lower the optimizer's eps (e.g. eps=1e-12)"  # the remedies the gradient warnings offer
 RAISE_LR = "raise this layer's learning rate"

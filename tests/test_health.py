@@ -297,7 +297,7 @@ def _wide(seed: int = 0) -> nn.Sequential:
 def test_feedback_held_back_for_long_warns_naming_the_layer_and_local_learning():
     net = _wide()
     session = opzo.train(net, method="opzo", seed=0)
-    assert train_steps(net, session, 96) == []  # under held_after=100 updates of M: not yet judged
+    assert train_steps(net, session, 40) == []  # under held_after=50 updates of M: not yet judged
     assert float(session.method.gain.reliability["1"]) < 0.1
     messages = train_steps(net, session, 200)
     held = [m for m in messages if m.startswith("OPZO sends hidden layer")]
