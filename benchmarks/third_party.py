@@ -64,9 +64,11 @@ VARIANTS = {
     "opzo-bn": ("opzo", {}, False),  # then opzo.update_bn: BatchNorm statistics without the noise
     "noise-only-bn": ("opzo", {}, False),
     "opzo-local-bn": ("opzo", {"local": True}, False),
+    "opzo-bn-m0.999": ("opzo", {"momentum": 0.999}, False),  # a shorter memory of M, with update_bn
+    "opzo-bn-m0.99": ("opzo", {"momentum": 0.99}, False),
 }
 NOISE_ONLY = ("local-noise", "noise-only", "noise-only-bn")  # the variants whose "opzo" is _controls.NoiseOnly
-UPDATE_BN = ("opzo-bn", "noise-only-bn", "opzo-local-bn")  # run(..., update_bn=True) (setups with BatchNorm)
+UPDATE_BN = ("opzo-bn", "noise-only-bn", "opzo-local-bn", "opzo-bn-m0.999", "opzo-bn-m0.99")  # run(..., update_bn=True) (setups with BatchNorm)
 LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"paper\"`",
           "opzo-corrected": "opzo, `feedback_scale=\"corrected\"`",
           "opzo-m0.9999": "opzo, `momentum=0.9999`", "opzo-m0.999": "opzo, `momentum=0.999`",
@@ -76,7 +78,9 @@ LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"pape
           "noise-only": "OPZO's noise, no feedback (control: readout learns under the noise)",
           "opzo-bn": "opzo, then `opzo.update_bn` (BatchNorm statistics without the noise)",
           "noise-only-bn": "OPZO's noise, no feedback, then `opzo.update_bn` (control)",
-          "opzo-local-bn": "opzo + local learning, then `opzo.update_bn`"}
+          "opzo-local-bn": "opzo + local learning, then `opzo.update_bn`",
+          "opzo-bn-m0.999": "opzo, `momentum=0.999`, then `opzo.update_bn`",
+          "opzo-bn-m0.99": "opzo, `momentum=0.99`, then `opzo.update_bn`"}
 
 
 def run_one(setup: str, variant: str, seed: int, data_root: str) -> dict:

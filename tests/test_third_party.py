@@ -191,3 +191,22 @@ def test_local_learning_takes_another_scale_from_the_options(name, monkeypatch, 
     monkeypatch.setattr(module.opzo, "train", lambda net, **kw: opened.append(real_train(net, **kw)) or opened[-1])
     module.run("opzo", local=True, options={"local": 0.5}, seed=0, data_root=request.getfixturevalue(data), **kwargs)
     assert [s.config.local_scale for s in opened] == [0.5] and opened[0]._optimizer is not None
+
+
+def test_spikingjelly_example_recomputes_batchnorm_statistics_after_the_session(monkeypatch, request):
+    """``update_bn=True`` (``--update-bn``) calls opzo.update_bn once, after the with block, on 16
+    training batches at most, and the BatchNorm statistics change."""
+    module, ctor, data, _, kwargs = SETUPS["conv_fashion_mnist"]
+    seen = capture(monkeypatch, module, ctor)
+    calls, real = [], opzo.update_bn
+
+    def update_bn(net, batches, forward=None):
+        before = [m.running_var.clone() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        calls.append(real(net, batches, forward))
+        after = [m.running_var for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert not all(torch.equal(a, b) for a, b in zip(before, after))
+        return calls[-1]
+
+    monkeypatch.setattr(module.opzo, "update_bn", update_bn)
+    module.run("opzo", update_bn=True, seed=0, data_root=request.getfixturevalue(data), **kwargs)
+    assert len(calls) == 1 and 1 <= calls[0] <= 16 and no_hooks_left(seen["net"])
