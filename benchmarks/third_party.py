@@ -110,7 +110,10 @@ def table(runs: dict, seeds: list[int]) -> str:
              "learning (appendix C.1: a readout per hidden layer trained by its own loss, which also reaches",
              "the layer; two more changes to the loop, `local=True, optimizer=...` and `+ session.local_loss(y)`);",
              "`local learning alone` is its control, with no error from the output reaching the hidden layers",
-             "(`method=\"none\", local=True`). Command: `benchmarks/third_party.py`.", ""]
+             "(`method=\"none\", local=True`). `OPZO's noise, no feedback` injects OPZO's noise with `M` held at",
+             "zero (`benchmarks/_controls.py`): what OPZO's feedback adds beyond its noise. Rows ending in",
+             "`then opzo.update_bn` recompute BatchNorm's running statistics without the noise after training",
+             "(SpikingJelly's example, the only setup with BatchNorm). Command: `benchmarks/third_party.py`.", ""]
     for setup, (_, title, _, _, budget) in SETUPS.items():
         rows = [(v, [runs[setup, v, s] for s in seeds if (setup, v, s) in runs]) for v in VARIANTS]
         rows = [(v, rs) for v, rs in rows if rs]
