@@ -6,8 +6,9 @@ what training needs; but it also accumulates its *running* mean and variance fro
 batches, and evaluation (``model.eval()``, no noise) normalises with them. The noise widens the
 variance, so a network evaluated without noise is normalised too strongly and its neurons fire
 less. On SpikingJelly's ``conv_fashion_mnist.py`` example (4000 training images, OPZO) recomputing
-the statistics without noise after training lifted the test accuracy from 49.3% to 60.3%. The
-session warns (:class:`~opzo_ext.errors.HealthWarning`) when a model has such layers.
+the statistics without noise after training lifted the test accuracy from 51.9% to 63.8% (mean of
+three seeds; online BP 64.6%). The session warns (:class:`~opzo_ext.errors.HealthWarning`) when a
+model has such layers.
 
 :func:`update_bn` recomputes the running statistics from clean forward passes, as
 ``torch.optim.swa_utils.update_bn`` does after stochastic weight averaging: every layer's
