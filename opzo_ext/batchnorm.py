@@ -26,9 +26,14 @@ from torch import nn
 from .errors import OpzoError
 
 
+def keeps_running_stats(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm layer that keeps running statistics."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+
+
 def norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers of ``model`` that keep running statistics."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [m for m in model.modules() if keeps_running_stats(m)]
 
 
 def reset_neurons(model: nn.Module) -> None:
@@ -66,10 +71,10 @@ def update_bn(model: nn.Module, batches: Iterable[Any],
     are restored; the neurons are reset before every batch and after the last one. When no batch
     comes, or a forward pass raises, the old statistics are put back before the error.
     """
-    from .session import _ACTIVE  # the registry of models with an open session
+    from .session import claimed_modules  # imported here: the session imports discovery, which imports this
 
-    attached = {id(m) for active in _ACTIVE for m in active.modules()}
-    if any(id(m) in attached for m in model.modules()):
+    claimed = claimed_modules()
+    if any(id(m) in claimed for m in model.modules()):
         raise OpzoError("update_bn runs clean forward passes, but this model has an open opzo_ext session, which "
                         "would inject its noise into them: call it after the `with opzo.train(...)` block.")
     layers = norm_layers(model)

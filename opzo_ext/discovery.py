@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .batchnorm import keeps_running_stats
 from .errors import UnsupportedModelError
 from .traces import is_synapse
 
@@ -110,7 +111,7 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, is_neuron: Callable[[n
             handles.append(module.register_forward_hook(record(name, neuron_out)))
         elif is_synapse(module):
             handles.append(module.register_forward_hook(record(name, synapse_out)))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+        elif keeps_running_stats(module):
             handles.append(module.register_forward_hook(record_norm(name)))
 
     def needs_grad(x):  # so that every op of the step has a node, even with frozen parameters

@@ -142,6 +142,18 @@ def per_sample(session, name: str) -> int:
     return math.prod(shape[lead:])
 
 
+def reliabilities(session) -> dict[str, tuple[int, torch.Tensor]]:
+    """Layer -> (updates of its M, reliability ``rho`` on the device) for OPZO with
+    ``feedback_scale="jacobian"``, the intermediate readout's matrices included; empty otherwise."""
+    found, layers = {}, set(session.layers)
+    for method in (session.method, session.igl_method):
+        gain = getattr(method, "gain", None)
+        for name, rho in (getattr(gain, "reliability", None) or {}).items():
+            if name in layers:
+                found[name] = (gain.updates.get(name, 0), rho)
+    return found
+
+
 def _never_spikes(module: nn.Module) -> bool:
     """Neurons with an infinite threshold (a membrane readout) are silent by design."""
     threshold = getattr(module, "v_threshold", getattr(module, "threshold", None))
@@ -265,14 +277,8 @@ class Health:
     def _held_due(self) -> list[tuple[str, int, torch.Tensor]]:
         """(layer, updates of its M, reliability on the device) of OPZO's layers not yet reported
         whose M has had ``held_after`` updates."""
-        due, layers = [], set(self.session.layers)
-        for method in (self.session.method, self.session.igl_method):
-            gain = getattr(method, "gain", None)
-            for name, rho in (getattr(gain, "reliability", None) or {}).items():
-                updates = gain.updates.get(name, 0)
-                if name in layers and updates >= self.held_after and ("held", name) not in self._warned:
-                    due.append((name, updates, rho))
-        return due
+        return [(name, updates, rho) for name, (updates, rho) in reliabilities(self.session).items()
+                if updates >= self.held_after and ("held", name) not in self._warned]
 
     @torch.no_grad()
     def check(self) -> None:
@@ -361,7 +367,7 @@ class Health:
         while M is noise, the paper's feedback scale, or feedback (under BP, the error) too small."""
         config = self.session.config
         quiet = [n for n in (*stats.inputs, stats.layer) if n in self.neurons and self.neurons[n].zero_samples >= 2]
-        reliability = getattr(getattr(self.session.method, "gain", None), "reliability", {}).get(stats.layer)
+        reliability = reliabilities(self.session).get(stats.layer, (0, None))[1]
         if config.method == "bp":
             cause = f"the backpropagated error reaching it is too small (vanishing gradients): normalise the layers, or {fix}."
         elif config.method == "opzo" and config.feedback_scale == "paper":

@@ -33,6 +33,11 @@ from .flow import NeuronState, StepFlow
 _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
+def claimed_modules() -> dict[int, nn.Module]:
+    """``id`` of every module of a model with an open session -> that model."""
+    return {id(m): active for active in _ACTIVE for m in active.modules()}
+
+
 class Session:
     """A training session on ``model``; create it with :func:`opzo_ext.train`.
 
@@ -197,7 +202,7 @@ class Session:
         if self._open:
             raise OpzoError("This session is already open; close it before opening it again.")
         self._unopened.remove()
-        claimed = {id(m): active for active in _ACTIVE for m in active.modules()}
+        claimed = claimed_modules()
         for name, module in self.model.named_modules():
             if id(module) in claimed:
                 raise OpzoError(

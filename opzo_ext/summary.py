@@ -8,7 +8,7 @@ import textwrap
 
 import torch
 
-from .health import Health, _names, per_sample
+from .health import Health, _names, per_sample, reliabilities
 
 def _bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -110,9 +110,8 @@ def summary(session) -> str:
 def _reliability(session, name: str) -> str:
     """OPZO's reliability ``rho`` of the layer's M (``feedback_scale="jacobian"``): the share of its
     feedback it sends, low while M is mostly noise."""
-    gain = getattr(session.method, "gain", None)
-    rho = getattr(gain, "reliability", {}).get(name)
-    return "" if rho is None else f", reliability {float(rho):.2f} (share of its feedback sent)"
+    entry = reliabilities(session).get(name)
+    return "" if entry is None else f", reliability {float(entry[1]):.2f} (share of its feedback sent)"
 
 
 def _rate(health: Health, name: str) -> str:

@@ -316,3 +316,14 @@ def test_feedback_held_back_is_quiet_on_a_small_network_and_off_without_the_shri
         net = _wide()
         session = opzo.train(net, method="opzo", seed=0, feedback_scale=scale)
         assert not [m for m in train_steps(net, session, 296) if m.startswith("OPZO sends")]
+
+
+def test_summary_gives_the_reliability_of_matrices_fed_by_the_intermediate_readout():
+    """With igl=, the layers before it take their M from the intermediate readout's OPZO, whose
+    reliability the summary shows as well."""
+    net = snn_seq()
+    session = opzo.train(net, method="opzo", seed=0, igl="3", local=0.01)
+    train_steps(net, session, 40)
+    rho = float(session.igl_method.gain.reliability["1"])
+    assert "1" not in session.method.gain.reliability  # layer '1' is the intermediate readout's
+    assert f"(from the intermediate readout at '3'), reliability {rho:.2f} (share of its feedback sent)" in session.summary()
