@@ -4,6 +4,7 @@ user's optimizer, copies of the model, and inputs the methods cannot handle. Eac
 from __future__ import annotations
 
 import copy
+import gc
 import io
 
 import pytest
@@ -293,8 +294,12 @@ def _join_worker(rank, init_file, out_file):
                 train_batch(model, x, y)
     except opzo.OpzoError as exc:
         message = str(exc)
-    dist.barrier()  # DDP's forward under join() started an all-reduce it does not wait for
     torch.save(message, f"{out_file}.{rank}")
+    # DDP's forward under join() started an all-reduce whose handle its reducer keeps, never awaited:
+    # release the wrapper while the process group is alive, or gloo may abort at teardown.
+    del model
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
