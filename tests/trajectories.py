@@ -4,10 +4,14 @@ leaves training bit-identical.
 Each case trains a tiny network for a few batches (fixed seeds, SGD) inside a session and records
 every parameter and buffer of the model and every tensor of ``session.state_dict()`` (feedback
 matrices, gains, optimizer states of DKP, noise and RNG states). ``tests/test_trajectories.py``
-compares them with ``tests/data/trajectories.pt``; after a deliberate change of behaviour, record
-again and say which cases changed and why::
+compares them with the record of this kind of CPU: float32 kernels round differently on other
+instruction sets (AVX2 against AVX-512: last bits, amplified by ZO), so each kind has its own
+record, ``tests/data/trajectories-<vendor>-<capability>.pt``, and ``tests/data/trajectories.pt``
+(the first record, made on another kind) serves the kinds without one. After a deliberate change of behaviour,
+record again on every kind of CPU that has a record (or delete those you cannot run, saying so)
+and say which cases changed and why::
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m tests.trajectories   # rewrites tests/data/trajectories.pt
+    OMP_NUM_THREADS=1 .venv/bin/python -m tests.trajectories   # rewrites this CPU kind's record
 """
 from __future__ import annotations
 
@@ -23,7 +27,31 @@ from torch import nn
 
 import opzo_ext as opzo
 
-REFERENCE = Path(__file__).parent / "data" / "trajectories.pt"
+DATA = Path(__file__).parent / "data"
+FIRST_RECORD = DATA / "trajectories.pt"
+
+
+def cpu_kind() -> str:
+    """``<vendor>-<capability>`` of this CPU, e.g. ``authenticamd-avx512``: what decides float32 rounding."""
+    vendor = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{vendor}-{torch.backends.cpu.get_cpu_capability()}".lower()
+
+
+def record_path() -> Path:
+    """This CPU kind's record (where ``python -m tests.trajectories`` writes)."""
+    return DATA / f"trajectories-{cpu_kind()}.pt"
+
+
+def reference_path() -> Path:
+    """The record to compare with: this CPU kind's, else the first record."""
+    return record_path() if record_path().exists() else FIRST_RECORD
 T, B, BATCHES, CLASSES = 3, 4, 3, 4
 
 
@@ -173,7 +201,7 @@ def record_all() -> dict[str, dict[str, torch.Tensor]]:
 
 
 if __name__ == "__main__":
-    REFERENCE.parent.mkdir(exist_ok=True)
+    DATA.mkdir(exist_ok=True)
     results = record_all()
-    torch.save(results, REFERENCE)
-    print(f"{len(results)} trajectories -> {REFERENCE}", file=sys.stderr)
+    torch.save(results, record_path())
+    print(f"{len(results)} trajectories -> {record_path()}", file=sys.stderr)
