@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from .errors import HealthWarning
+from .feedback.storage import norm
 
 EVERY = 25  # sample one call in about EVERY (neurons per call, weights per backward, checks per readout)
 SILENT_STEPS = 200  # time steps without any sampled spike before a layer counts as silent
@@ -247,7 +248,7 @@ class Health:
         def hook(param: torch.Tensor) -> None:
             if self.enabled and stats.schedule.tick() and len(self._pending) < MAX_PENDING:
                 g = param.grad.detach()
-                self._pending.append(("grad", stats, torch.linalg.vector_norm(g, 1, dtype=torch.float32),
+                self._pending.append(("grad", stats, norm(g, 1),
                                       g.numel()))
         return hook
 

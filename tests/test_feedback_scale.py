@@ -90,3 +90,22 @@ def test_resuming_with_another_feedback_scale_is_refused():
 def test_feedback_scale_must_be_a_known_choice():
     with pytest.raises(opzo.ConfigError, match="feedback_scale='bias'.*'jacobian', 'corrected', 'paper'"):
         opzo.TrainConfig(feedback_scale="bias")
+
+
+def test_a_float64_model_trains_with_the_jacobian_scale_and_health_checks():
+    """|M|^2 and the health checks' gradient norms accumulate in float64 for a float64 model (they
+    asked torch for a float32 norm of float64 tensors, which it refuses)."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(20, 40), neuron.LIFNode(), layer.Linear(40, 40), neuron.LIFNode(),
+                        layer.Linear(40, 4)).double()
+    data = batches(20)  # 80 steps: the health checks sample about one in 25
+    with opzo.train(net, method="opzo", seed=0) as session:
+        for x, y in data:
+            for _ in range(T):
+                F.cross_entropy(net(4 * x.double()), y).backward()
+            functional.reset_net(net)
+        summary = session.summary()
+    assert net[0].weight.grad.dtype == torch.float64 and net[0].weight.grad.abs().max() > 0
+    assert session.health.checks > 0 and "reliability" in summary

@@ -26,6 +26,11 @@ BLOCK = 1 << 24  # float32 entries per bf16 update block (64 MB)
 Factors = tuple[torch.Tensor, torch.Tensor]  # (A [n_l, k], B [m, k]); M = A @ B.T
 
 
+def norm(x: torch.Tensor, ord: float = 2) -> torch.Tensor:
+    """``|x|_ord`` as float32, accumulated in float32 (bfloat16, float32) or float64 (float64)."""
+    return torch.linalg.vector_norm(x, ord, dtype=torch.promote_types(x.dtype, torch.float32)).float()
+
+
 def momentum(mt: torch.Tensor, o_t: torch.Tensor, z_t: torch.Tensor, lam: float, scale: float,
              in_place: bool = False) -> torch.Tensor:
     """Eq. 6 for one step on ``M^T`` ``[m, rows]``: ``lam M^T + scale o~^T z`` (``o_t`` ``[B, m]``,
@@ -72,8 +77,8 @@ class Dense:
 
     @staticmethod
     def energy(m: Any) -> torch.Tensor:
-        """``|M|_F^2`` (float32 accumulation), on its device."""
-        return torch.linalg.vector_norm(m.detach(), dtype=torch.float32).square()
+        """``|M|_F^2`` in float32 (accumulated in float32, or float64 for a float64 M), on its device."""
+        return norm(m.detach()).square()
 
     @staticmethod
     def dense(m: Any) -> torch.Tensor:
@@ -224,7 +229,7 @@ class LowRank(Dense):
     @staticmethod
     def energy(factors: Factors) -> torch.Tensor:
         """``|A B^T|_F^2 = |A|_F^2`` (``B`` has orthonormal columns)."""
-        return torch.linalg.vector_norm(factors[0], dtype=torch.float32).square()
+        return norm(factors[0]).square()
 
     @staticmethod
     def dense(factors: Factors) -> torch.Tensor:
