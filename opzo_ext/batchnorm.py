@@ -15,15 +15,22 @@ model has such layers.
 statistics are reset, then averaged over the given batches with equal weight
 (``momentum=None``), in training mode and without gradients, with the neurons reset before each
 batch. Call it after the ``with opzo.train(...)`` block, before evaluating.
+
+A session does it by itself (:class:`CleanStatistics`, option ``recompute_bn``, on by default in
+single-process runs): it keeps the inputs of the last ``SEQUENCES`` training sequences and replays
+them without noise before the model's first forward in eval mode after training, and on close.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
 from .errors import OpzoError
+
+SEQUENCES = 8  # recompute_bn: the training sequences whose inputs a session keeps and replays
 
 
 def keeps_running_stats(module: nn.Module) -> bool:
@@ -77,6 +84,18 @@ def update_bn(model: nn.Module, batches: Iterable[Any],
     if any(id(m) in claimed for m in model.modules()):
         raise OpzoError("update_bn runs clean forward passes, but this model has an open opzo_ext session, which "
                         "would inject its noise into them: call it after the `with opzo.train(...)` block.")
+    run = forward or (lambda net, x: net(x))
+    count = recompute(model, batches, lambda net, batch: run(net, batch[0] if isinstance(batch, (tuple, list)) else batch))
+    if count == 0 and norm_layers(model):
+        raise OpzoError("update_bn got no batches (the statistics are left as they were); pass an iterable of "
+                        "inputs such as a DataLoader over (part of) the training set.")
+    return count
+
+
+@torch.no_grad()
+def recompute(model: nn.Module, batches: Iterable[Any], run: Callable[[nn.Module, Any], Any]) -> int:
+    """:func:`update_bn` without its checks: ``run(model, batch)`` for each batch, neurons reset
+    before each; the old statistics are kept when no batch comes or a forward raises."""
     layers = norm_layers(model)
     if not layers:
         return 0
@@ -86,18 +105,13 @@ def update_bn(model: nn.Module, batches: Iterable[Any],
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches
     model.train()
-    run = forward or (lambda net, x: net(x))
     count, done = 0, False
     try:
         for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
             reset_neurons(model)
-            run(model, x)
+            run(model, batch)
             count += 1
-        if count == 0:
-            raise OpzoError("update_bn got no batches (the statistics are left as they were); pass an iterable of "
-                            "inputs such as a DataLoader over (part of) the training set.")
-        done = True
+        done = count > 0
     finally:
         reset_neurons(model)
         for m, momentum, state in zip(layers, momenta, saved):
@@ -106,3 +120,62 @@ def update_bn(model: nn.Module, batches: Iterable[Any],
                 m.load_state_dict(state)
         model.train(training)
     return count
+
+
+class CleanStatistics:
+    """A session's own :func:`update_bn` (``recompute_bn``), for models whose BatchNorm layers come
+    after the session's noise.
+
+    While training it keeps the inputs of the model's calls in the last ``SEQUENCES`` training
+    sequences (references, detached: their memory stays allocated; a sequence starts where the
+    first hidden neuron's state starts afresh, so a loop of single-step calls is kept whole). Before
+    the model's first forward in eval mode after a training step, and when the session closes, it
+    replays each kept sequence without gradients (so without the session's noise), the neurons
+    reset before each, averaging the BatchNorm statistics over them as :func:`update_bn` does.
+    """
+
+    def __init__(self):
+        self.sequences: deque[list[tuple[tuple, dict]]] = deque(maxlen=SEQUENCES)
+        self.call: Optional[tuple[tuple, dict]] = None  # the inputs of the training call under way
+        self.stale = False  # a training step since the statistics were last recomputed
+
+    def before(self, args: tuple, kwargs: dict) -> None:
+        """A training call of the model starts: keep its inputs."""
+        self.call = (_detached(args), _detached(kwargs))
+
+    def after(self, fresh: bool) -> None:
+        """The call ended; ``fresh``: it started a new sequence."""
+        if self.call is None:
+            return
+        if fresh or not self.sequences:
+            self.sequences.append([])
+        self.sequences[-1].append(self.call)
+        self.call, self.stale = None, True
+
+    def refresh(self, model: nn.Module) -> int:
+        """Recompute the statistics from the kept sequences if a training step came since; returns
+        the number of sequences replayed."""
+        if not (self.stale and self.sequences):
+            return 0
+        self.stale = False
+        return recompute(model, list(self.sequences), _replay)
+
+    def clear(self) -> None:
+        self.sequences.clear()
+        self.call = None
+
+
+def _replay(model: nn.Module, sequence: list[tuple[tuple, dict]]) -> None:
+    for args, kwargs in sequence:
+        model(*args, **kwargs)
+
+
+def _detached(obj: Any) -> Any:
+    """``obj`` with every tensor (in tuples, lists and dicts) detached from its graph."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_detached(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _detached(v) for k, v in obj.items()}
+    return obj

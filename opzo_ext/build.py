@@ -1,14 +1,16 @@
 """What a session creates once, when the layers are known: a record and a noise source per neuron
 (and an activity trace where the method learns from it), one per perturbed convolution with
 ``inject="conv"``, the feedback matrices of the hidden layers (:mod:`opzo_ext.feedback.sizing`
-chooses their storage) and the readouts its extensions need."""
+chooses their storage), the readouts its extensions need, and the recomputation of BatchNorm
+statistics that come after the noise (``recompute_bn``)."""
 from __future__ import annotations
 
 from torch import nn
 
 from . import resume
 from .adapters import find_adapter
-from .distributed import share_parameters
+from .batchnorm import CleanStatistics
+from .distributed import share_parameters, world
 from .errors import OpzoError
 from .feedback import sizing
 from .flow import ConvSite, NeuronState
@@ -36,6 +38,8 @@ def build(session, topology) -> None:
             pres = [session.flow.neurons[p] for p in topology.presynaptic.get(name, [])]
             session.flow.convs[name] = ConvSite(name, modules[name], noise(index), pres)
     session.flow.layers = list(session.flow.convs) if at_convs else list(topology.hidden)
+    if config.recompute_bn and topology.norms and session.method.injects_noise() and world()[1] == 1:
+        session.clean_bn = CleanStatistics()
     resume.adopt(session)
     resume.load_noise(session)
     shapes = sizing.layer_shapes(topology, session.flow.neurons, session.layers)

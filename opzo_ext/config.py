@@ -81,6 +81,13 @@ class TrainConfig:
         health: run the session's health checks (a layer that never spikes, hidden-layer gradients
             far below the readout's or the optimizer's eps, feedback still zero), which warn once
             per cause and layer (:class:`~opzo_ext.HealthWarning`); ``session.summary()`` lists them.
+        recompute_bn: for OPZO and ZO, whose noise reaches BatchNorm layers after the first
+            hidden layer: recompute their running statistics without the noise from the last
+            training sequences (:class:`~opzo_ext.batchnorm.CleanStatistics`) before the model
+            is first evaluated after training and when the session closes, so that ``model.eval()``
+            is normalised as a network without noise needs. Single-process runs only (with several
+            processes, call :func:`opzo_ext.update_bn` after the block). False keeps the noisy
+            statistics.
         igl: intermediate global learning: the name of a hidden neuron module whose own readout
             (loss in ``session.local_loss(target)``, weight 1) acts as the output for the layers
             before it: they receive the method's feedback from that readout's error.
@@ -106,6 +113,7 @@ class TrainConfig:
     feedback_matrix: str = "auto"
     feedback_rank: int = 64
     health: bool = True
+    recompute_bn: bool = True
 
     def __post_init__(self) -> None:
         def choice(field: str, value, options) -> None:

@@ -217,8 +217,8 @@ class Health:
             if isinstance(group.get("eps"), (int, float)):
                 eps.update({id(p): float(group["eps"]) for p in group["params"]})
         params = {id(p): n for n, p in session.model.named_parameters()}
-        if topo.norms and session.method.injects_noise():
-            self._noisy_norms(topo.norms)
+        if topo.norms and session.method.injects_noise() and session.clean_bn is None:
+            self._noisy_norms(topo.norms)  # recompute_bn is off, or several processes
         handles, seen = [], set()
         for synapse in topo.presynaptic:
             weight = getattr(modules[synapse], "weight", None)
@@ -411,8 +411,9 @@ class Health:
             f"BatchNorm layer(s) {_names(names)} come after the noise that method '{method}' injects: in training "
             "they accumulate their running statistics from noisy activations, so the model evaluated without noise "
             "(model.eval()) is normalised with too wide a variance and its neurons fire less (SpikingJelly's "
-            "conv_fashion_mnist example with OPZO: 52% test accuracy, 64% after recomputing the statistics). After "
-            "training, recompute them without noise before evaluating: opzo.update_bn(model, train_loader) after the "
+            "conv_fashion_mnist example with OPZO: 52% test accuracy, 64% after recomputing the statistics). The "
+            "session recomputes them itself with recompute_bn=True (the default, in single-process runs); here, "
+            "recompute them without noise before evaluating: opzo.update_bn(model, train_loader) after the "
             "`with opzo.train(...)` block (a few hundred training inputs are enough)."))
 
     def _held(self, name: str, updates: int, rho: float) -> None:

@@ -20,6 +20,7 @@ from . import resume
 from . import summary as _summary
 from .adapters import check_model, find_adapter
 from .attachment import Attachment, inject
+from .batchnorm import CleanStatistics
 from .config import TrainConfig
 from .discovery import Topology, discover
 from .distributed import shared_seed, world
@@ -56,6 +57,8 @@ class Session:
         health: the :class:`~opzo_ext.health.Health` checks (silent layers, feedback too small),
             which warn once per cause and layer; the option ``health=False`` turns them off.
             :meth:`summary` shows what they found.
+        clean_bn: the recomputation of BatchNorm statistics without the noise
+            (:class:`~opzo_ext.batchnorm.CleanStatistics`, option ``recompute_bn``), or None.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, example_input: Any = None,
@@ -82,6 +85,7 @@ class Session:
         self.deferred = resume.Deferred()  # parts of a loaded state waiting for the layers
         self._open = False
         self._warned_eval = False
+        self.clean_bn: Optional[CleanStatistics] = None  # recompute_bn: BatchNorm statistics without noise
         self._unopened = guards.forgotten_with(self)
 
     # ----------------------------------------------------------------- public API
@@ -194,6 +198,8 @@ class Session:
         return self.open()
 
     def __exit__(self, *exc) -> bool:
+        if exc[0] is not None and self.clean_bn is not None:
+            self.clean_bn.clear()  # leaving on an error: no forward passes on the way out
         self.close()
         return False
 
@@ -213,6 +219,7 @@ class Session:
         self._open = True
         try:
             self._attachment.pre_hook(self.model, self._root_pre)
+            self._attachment.post_hook(self.model, self._root_post)
             if self.topology is not None:
                 self._hook()
             elif self._example_input is not None:
@@ -224,7 +231,8 @@ class Session:
         return self
 
     def close(self) -> None:
-        """Remove every hook and override; the model is left as it was (idempotent)."""
+        """Remove every hook and override; the model is left as it was, but for its BatchNorm
+        statistics, recomputed without the noise (``recompute_bn``) (idempotent)."""
         self._attachment.detach()
         if self._optimizer is None:
             self.update_feedback()
@@ -236,6 +244,11 @@ class Session:
             self._open = False
             _ACTIVE.discard(self.model)
             self._group.leave()
+        if self.clean_bn is not None:
+            try:
+                self.clean_bn.refresh(self.model)  # the model leaves the session normalised without noise
+            finally:
+                self.clean_bn.clear()
 
     # ------------------------------------------------------------ attaching
     def active(self, module: nn.Module) -> bool:
@@ -249,9 +262,19 @@ class Session:
             guards.check_join(self)
             if self.topology is None:
                 self._discover(args, kwargs)
-        elif not model.training and torch.is_grad_enabled() and not self._warned_eval:
+            if self.clean_bn is not None:
+                self.clean_bn.before(args, kwargs)
+            return None
+        if not model.training and self.clean_bn is not None:
+            self.clean_bn.refresh(model)  # evaluation after training: BatchNorm statistics without noise
+        if not model.training and torch.is_grad_enabled() and not self._warned_eval:
             self._warned_eval = True
             guards.warn_eval(model)
+        return None
+
+    def _root_post(self, model, args, output):
+        if self.clean_bn is not None and self.active(model):
+            self.clean_bn.after(self.flow.neurons[self.topology.neurons[0]].fresh)  # a new sequence?
         return None
 
     def _discover(self, args: tuple, kwargs: dict) -> None:
@@ -306,7 +329,8 @@ def train(model: nn.Module, method: str = "opzo", *, config: Optional[TrainConfi
     paper's value): ``alpha`` (a number or a schedule such as ``linear_alpha(0.2, 0.01, epochs)``),
     ``momentum``, ``noise``, ``inject``, ``antithetic``, ``feedback_scale``, ``scale_by_alpha``,
     ``trace``, ``trace_lambda``, ``seed``, ``dkp_lr``, ``dkp_weight_decay``, ``local``, ``igl``,
-    ``lags``, ``max_feedback_gb``, ``feedback_matrix``, ``feedback_rank``, ``health``.
+    ``lags``, ``max_feedback_gb``, ``feedback_matrix``, ``feedback_rank``, ``health``,
+    ``recompute_bn``.
     ``example_input`` (one step's input) discovers the model's layers on entry instead of at the
     first training step. ``optimizer``: the session adds the parameters it owns (local readouts)
     to it while it is open. The returned :class:`Session` is also usable without ``with``:

@@ -99,6 +99,11 @@ def summary(session) -> str:
         own = sum(p.numel() for p in session.local_readouts.parameters())
         lines.append(f"session readouts (local / igl): {_names(session.local_readouts.keys())}, {own:,} parameters "
                      "(train them: session.parameters(), session.local_loss(y))")
+    if topo.norms and session.method.injects_noise():
+        lines.append(f"BatchNorm after the noise: {_names(topo.norms)}, running statistics " + (
+            f"recomputed without it from the last {session.clean_bn.sequences.maxlen} training sequences "
+            "before evaluation and on exit (recompute_bn)" if session.clean_bn is not None else
+            "kept with the noise: call opzo.update_bn(model, train_loader) after the block"))
     total = sum(size for _, size in matrices.values())
     lines.append(f"feedback memory: {_bytes(total)} in {len(matrices)} layer(s)" if matrices else
                  f"feedback memory: none (method '{config.method}' keeps no feedback matrices)")

@@ -1,5 +1,6 @@
-"""BatchNorm statistics and the session's noise: the warning, and opzo.update_bn against torch's
-own update_bn (torch.optim.swa_utils) on clean forward passes."""
+"""BatchNorm statistics and the session's noise: opzo.update_bn against torch's own update_bn
+(torch.optim.swa_utils) on clean forward passes, the session's own recomputation (recompute_bn)
+against opzo.update_bn on the same inputs, and the warning when the noisy statistics are kept."""
 from __future__ import annotations
 
 import copy
@@ -33,13 +34,13 @@ def batches(n: int = 5, seed: int = 1):
     return [(torch.rand(8, 1, 8, 8, generator=g) * 2, torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
 
 
-def train(net, method: str, **options) -> list[str]:
-    """A few sequences of T single steps inside a session; the health warnings raised."""
+def train(net, method: str, n: int = 5, **options) -> list[str]:
+    """``n`` sequences of T single steps inside a session; the health warnings raised."""
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with opzo.train(net, method=method, seed=0, **options) as session:
-            for x, y in batches():
+            for x, y in batches(n):
                 for _ in range(T):
                     if method == "zo":  # each sample's own loss
                         session.loss(F.cross_entropy(net(x), y, reduction="none")).backward()
@@ -70,7 +71,7 @@ def stats(net) -> list[torch.Tensor]:
 
 def test_update_bn_equals_torch_update_bn_and_takes_the_noise_out():
     net = conv_bn_net()
-    train(net, "opzo", alpha=0.5)
+    train(net, "opzo", alpha=0.5, recompute_bn=False)
     noisy = stats(net)
     reference = copy.deepcopy(net)
     torch_update_bn(batches(3, seed=2), ResetThenForward(reference))
@@ -127,9 +128,64 @@ def test_update_bn_refuses_an_open_session_and_keeps_the_statistics_on_failure()
     assert opzo.update_bn(nn.Sequential(nn.Linear(2, 2)), batches(1)) == 0  # no BatchNorm: nothing to do
 
 
+def step_loop(m, x):
+    return [m(x) for _ in range(T)]
+
+
 @pytest.mark.parametrize("method", ["opzo", "zo"])
-def test_a_noisy_method_warns_once_about_batchnorm_after_the_noise(method):
-    messages = [m for m in train(conv_bn_net(), method) if m.startswith("BatchNorm")]
+def test_the_session_recomputes_the_statistics_on_close_from_its_last_sequences(method):
+    """recompute_bn (default): on close, the BatchNorm statistics are those opzo.update_bn computes
+    from the inputs of the last SEQUENCES training sequences; training itself is unchanged."""
+    n = opzo.batchnorm.SEQUENCES + 2
+    net, kept = conv_bn_net(), conv_bn_net()
+    assert not [m for m in train(net, method, n=n) if m.startswith("BatchNorm")]  # nothing to warn about
+    train(kept, method, n=n, recompute_bn=False)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), kept.parameters()))
+    noisy = stats(kept)
+    opzo.update_bn(kept, batches(n)[-opzo.batchnorm.SEQUENCES:], forward=step_loop)
+    assert all(torch.equal(a, b) for a, b in zip(stats(net), stats(kept)))
+    assert not torch.equal(stats(net)[4], noisy[4])  # the noisy variance was replaced
+
+
+def test_evaluating_inside_the_session_recomputes_the_statistics_first():
+    """The first forward in eval mode after training steps replays the kept sequences (once: a
+    second eval forward finds them fresh); training again makes them stale."""
+    net, kept = conv_bn_net(), conv_bn_net()
+    data = batches(3)
+    (x0, _), = batches(1, seed=5)
+
+    def sequences(model, part):
+        for x, y in part:
+            for _ in range(T):
+                F.cross_entropy(model(x), y).backward()
+            functional.reset_net(model)
+
+    with opzo.train(kept, method="opzo", seed=0, recompute_bn=False):  # the same training, noisy statistics
+        sequences(kept, data[:2])
+        halfway = conv_bn_net()
+        halfway.load_state_dict(kept.state_dict())  # a copy without the session's hooks
+        sequences(kept, data[2:])
+    opzo.update_bn(halfway, data[:2], forward=step_loop)
+    opzo.update_bn(kept, data, forward=step_loop)
+    with opzo.train(net, method="opzo", seed=0) as session:
+        sequences(net, data[:2])
+        net.eval()
+        with torch.no_grad():
+            net(x0)
+            assert all(torch.equal(a, b) for a, b in zip(stats(net), stats(halfway)))
+            net(x0)
+        assert all(torch.equal(a, b) for a, b in zip(stats(net), stats(halfway)))  # not recomputed again
+        functional.reset_net(net)
+        net.train()
+        sequences(net, data[2:])
+        assert session.clean_bn.stale
+    assert all(torch.equal(a, b) for a, b in zip(stats(net), stats(kept)))
+    assert not session.clean_bn.sequences  # the kept inputs are released on close
+
+
+@pytest.mark.parametrize("method", ["opzo", "zo"])
+def test_keeping_the_noisy_statistics_warns_once_about_batchnorm_after_the_noise(method):
+    messages = [m for m in train(conv_bn_net(), method, recompute_bn=False) if m.startswith("BatchNorm")]
     assert len(messages) == 1
     assert messages[0].startswith(f"BatchNorm layer(s) '4' come after the noise that method '{method}' injects")
     assert "opzo.update_bn(model, train_loader)" in messages[0]
@@ -143,4 +199,44 @@ def test_no_batchnorm_warning_without_noise_or_before_the_first_neuron():
                                layer.Flatten(), layer.Linear(4 * 8 * 8, 3))  # its BN sees the image
     assert not [m for m in train(first_only, "opzo") if m.startswith("BatchNorm")]
     with opzo.train(conv_bn_net(), method="opzo", example_input=batches(1)[0][0]) as session:
-        assert session.topology.norms == ["4"]
+        assert session.topology.norms == ["4"] and session.clean_bn is not None
+        assert "BatchNorm after the noise: '4', running statistics recomputed without it from the last 8" in \
+            session.summary()
+    with opzo.train(conv_bn_net(), method="opzo", example_input=batches(1)[0][0], recompute_bn=False) as session:
+        assert "'4', running statistics kept with the noise: call opzo.update_bn" in session.summary()
+    with opzo.train(conv_bn_net(), method="dfa", example_input=batches(1)[0][0]) as session:
+        assert session.clean_bn is None  # no noise: nothing to recompute
+
+
+def test_leaving_the_session_on_an_error_runs_no_forward_pass():
+    """An exception inside the block leaves the statistics as training left them: no replay on the
+    way out (it could raise again, over the user's error)."""
+    net, kept = conv_bn_net(), conv_bn_net()
+    train(kept, "opzo", n=2, recompute_bn=False)
+    with pytest.raises(RuntimeError, match="a data error"):
+        with opzo.train(net, method="opzo", seed=0) as session:
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+            for x, y in batches(2):
+                for _ in range(T):
+                    F.cross_entropy(net(x), y).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                functional.reset_net(net)
+            raise RuntimeError("a data error")
+    assert all(torch.equal(a, b) for a, b in zip(stats(net), stats(kept)))  # the noisy statistics
+    assert not session.clean_bn.sequences
+
+
+def test_an_evaluation_under_inference_mode_recomputes_them_too():
+    net = conv_bn_net()
+    (x, y), = batches(1)
+    with opzo.train(net, method="opzo", seed=0, alpha=0.5):
+        for _ in range(T):
+            F.cross_entropy(net(x), y).backward()
+        functional.reset_net(net)
+        noisy = stats(net)
+        net.eval()
+        with torch.inference_mode():
+            net(x)
+        functional.reset_net(net)
+    assert not torch.equal(stats(net)[4], noisy[4])

@@ -27,9 +27,11 @@ also computes the loss per sample (``reduction="none"``) and hands it to ``sessi
 zeroth order multiplies each sample's noise by that sample's own loss.
 ``local=True`` adds the paper's local learning (appendix C.1), two more changes: ``local=True,
 optimizer=optimizer`` in ``opzo.train`` and ``+ session.local_loss(targets)`` on the loss.
-``update_bn=True`` recomputes the BatchNorm statistics without the session's noise after training
-(``opzo.update_bn`` on 16 training batches), one more line: under OPZO and ZO the running
-statistics are accumulated from noisy activations, and the session warns about it.
+Under OPZO and ZO the BatchNorm layers after the first hidden layer accumulate their running
+statistics from noisy activations; the session recomputes them without the noise from its last 8
+training batches when the ``with`` block exits (``recompute_bn``, on by default).
+``update_bn=True`` recomputes them once more after the block, from the first 16 training batches
+(``opzo.update_bn``, one more line: what a multi-process run, where the session does not, needs).
 """
 
 from __future__ import annotations
