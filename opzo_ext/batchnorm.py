@@ -31,6 +31,7 @@ from torch import nn
 from .errors import OpzoError
 
 SEQUENCES = 8  # recompute_bn: the training sequences whose inputs a session keeps and replays
+MAX_CALLS = 1000  # recompute_bn: calls kept per sequence at most (a model whose state is never reset)
 
 
 def keeps_running_stats(module: nn.Module) -> bool:
@@ -127,8 +128,9 @@ class CleanStatistics:
     after the session's noise.
 
     While training it keeps the inputs of the model's calls in the last ``SEQUENCES`` training
-    sequences (references, detached: their memory stays allocated; a sequence starts where the
-    first hidden neuron's state starts afresh, so a loop of single-step calls is kept whole). Before
+    sequences (references, detached: their memory stays allocated; a sequence starts with the call
+    in which the first neuron's state starts afresh, so a loop of single-step calls is kept whole,
+    and after ``MAX_CALLS`` calls when it never does). Before
     the model's first forward in eval mode after a training step, and when the session closes, it
     replays each kept sequence without gradients (so without the session's noise), the neurons
     reset before each, averaging the BatchNorm statistics over them as :func:`update_bn` does.
@@ -137,17 +139,19 @@ class CleanStatistics:
     def __init__(self):
         self.sequences: deque[list[tuple[tuple, dict]]] = deque(maxlen=SEQUENCES)
         self.call: Optional[tuple[tuple, dict]] = None  # the inputs of the training call under way
+        self.started = 0  # sequences the first neuron had started before that call
         self.stale = False  # a training step since the statistics were last recomputed
 
-    def before(self, args: tuple, kwargs: dict) -> None:
-        """A training call of the model starts: keep its inputs."""
-        self.call = (_detached(args), _detached(kwargs))
+    def before(self, args: tuple, kwargs: dict, started: int) -> None:
+        """A training call of the model starts (``started``: the first neuron's count of
+        sequences so far): keep its inputs."""
+        self.call, self.started = (_detached(args), _detached(kwargs)), started
 
-    def after(self, fresh: bool) -> None:
-        """The call ended; ``fresh``: it started a new sequence."""
+    def after(self, started: int) -> None:
+        """The call ended, the first neuron's count of sequences now ``started``."""
         if self.call is None:
             return
-        if fresh or not self.sequences:
+        if started > self.started or not self.sequences or len(self.sequences[-1]) >= MAX_CALLS:
             self.sequences.append([])
         self.sequences[-1].append(self.call)
         self.call, self.stale = None, True

@@ -43,6 +43,7 @@ class NeuronState:
     activity: Optional[TraceState] = None  # trace of its own spikes (methods that learn from it)
     last_state: Any = None  # the state object the neuron left behind (identity marks continuity)
     fresh: bool = True  # the latest call started a new sequence
+    sequences: int = 0  # calls that started a new sequence, so far
     steps: int = 1  # time steps in the latest call
     batch: int = 0
     z: Optional[torch.Tensor] = None  # noise injected before the neuron in the latest call
@@ -86,6 +87,7 @@ class StepFlow:
         step_shape = x.shape[1:] if multistep else x.shape
         token = rec.adapter.incoming_state(rec.module, args, kwargs)
         rec.fresh = token is not rec.last_state or (isinstance(token, torch.Tensor) and token.shape != step_shape)
+        rec.sequences += rec.fresh
         rec.steps, rec.batch = (x.shape[0] if multistep else 1), step_shape[0]
         self.last_neuron = rec
         if not s.config.lags:  # lags=True keeps each layer's path through time within the sequence

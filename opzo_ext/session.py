@@ -263,7 +263,7 @@ class Session:
             if self.topology is None:
                 self._discover(args, kwargs)
             if self.clean_bn is not None:
-                self.clean_bn.before(args, kwargs)
+                self.clean_bn.before(args, kwargs, self._first_neuron().sequences)
             return None
         if not model.training and self.clean_bn is not None:
             self.clean_bn.refresh(model)  # evaluation after training: BatchNorm statistics without noise
@@ -274,8 +274,11 @@ class Session:
 
     def _root_post(self, model, args, output):
         if self.clean_bn is not None and self.active(model):
-            self.clean_bn.after(self.flow.neurons[self.topology.neurons[0]].fresh)  # a new sequence?
+            self.clean_bn.after(self._first_neuron().sequences)
         return None
+
+    def _first_neuron(self) -> NeuronState:
+        return self.flow.neurons[self.topology.neurons[0]]
 
     def _discover(self, args: tuple, kwargs: dict) -> None:
         topology = discover(self.model, args, kwargs, lambda m: find_adapter(m) is not None)

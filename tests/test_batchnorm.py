@@ -240,3 +240,52 @@ def test_an_evaluation_under_inference_mode_recomputes_them_too():
             net(x)
         functional.reset_net(net)
     assert not torch.equal(stats(net)[4], noisy[4])
+
+
+class LoopInForward(nn.Module):
+    """The time loop inside ``forward``, each neuron's state created per call (snnTorch tutorial 5's
+    style), BatchNorm after the first neuron."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.lif1 = nn.Conv2d(1, 4, 3, padding=1), snn.Leaky(beta=0.5)
+        self.conv2, self.bn2, self.lif2 = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), snn.Leaky(beta=0.5)
+        self.fc = nn.Linear(6 * 8 * 8, 3)
+
+    def forward(self, x):
+        mem1, mem2, out = self.lif1.init_leaky(), self.lif2.init_leaky(), []
+        for _ in range(T):
+            spk1, mem1 = self.lif1(self.conv1(x), mem1)
+            spk2, mem2 = self.lif2(self.bn2(self.conv2(spk1)), mem2)
+            out.append(self.fc(spk2.flatten(1)))
+        return torch.stack(out)
+
+
+def test_a_time_loop_inside_forward_keeps_one_call_per_sequence():
+    n = opzo.batchnorm.SEQUENCES + 2
+    nets = []
+    for recompute in (True, False):
+        net = LoopInForward()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+        with opzo.train(net, method="opzo", seed=0, recompute_bn=recompute) as session:
+            for x, y in batches(n):
+                F.cross_entropy(net(x).mean(0), y).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            if recompute:
+                assert [len(s) for s in session.clean_bn.sequences] == [1] * opzo.batchnorm.SEQUENCES
+        nets.append(net)
+    opzo.update_bn(nets[1], batches(n)[-opzo.batchnorm.SEQUENCES:])
+    assert all(torch.equal(a, b) for a, b in zip(stats(nets[0]), stats(nets[1])))
+
+
+def test_a_state_never_reset_is_kept_in_bounded_sequences(monkeypatch):
+    monkeypatch.setattr(opzo.batchnorm, "MAX_CALLS", 3)
+    net = conv_bn_net()
+    with opzo.train(net, method="opzo", seed=0) as session:
+        for x, y in batches(10):  # no reset between the batches: one endless sequence
+            for _ in range(T):
+                F.cross_entropy(net(x), y).backward()
+        kept = [len(s) for s in session.clean_bn.sequences]
+    assert kept == [3] * 7 + [1]  # 40 calls in groups of 3; the last 8 groups
