@@ -61,6 +61,7 @@ VARIANTS = {
     "local-only": ("none", {"local": True}, False),  # local learning alone: no error from the output
     "local-noise": ("opzo", {"local": True}, False),  # ... with OPZO's noise, M held at zero (_controls.NoiseOnly)
     "noise-only": ("opzo", {}, False),  # OPZO's noise, M held at zero: no hidden-layer learning at all
+    "opzo-noisy-bn": ("opzo", {"recompute_bn": False}, False),  # BatchNorm statistics left with the noise
     "opzo-bn": ("opzo", {}, False),  # then opzo.update_bn: BatchNorm statistics without the noise
     "noise-only-bn": ("opzo", {}, False),
     "opzo-local-bn": ("opzo", {"local": True}, False),
@@ -76,7 +77,8 @@ LABELS = {"bptt": "BPTT (original)", "opzo-paper": "opzo, `feedback_scale=\"pape
           "local-only": "local learning alone (control: no output error reaches the hidden layers)",
           "local-noise": "local learning with OPZO's noise, no feedback (control)",
           "noise-only": "OPZO's noise, no feedback (control: readout learns under the noise)",
-          "opzo-bn": "opzo, then `opzo.update_bn` (BatchNorm statistics without the noise)",
+          "opzo-noisy-bn": "opzo, `recompute_bn=False` (BatchNorm statistics left with the noise)",
+          "opzo-bn": "opzo, then `opzo.update_bn` (first 16 training batches)",
           "noise-only-bn": "OPZO's noise, no feedback, then `opzo.update_bn` (control)",
           "opzo-local-bn": "opzo + local learning, then `opzo.update_bn`",
           "opzo-bn-m0.999": "opzo, `momentum=0.999`, then `opzo.update_bn`",
@@ -111,9 +113,12 @@ def table(runs: dict, seeds: list[int]) -> str:
              "the layer; two more changes to the loop, `local=True, optimizer=...` and `+ session.local_loss(y)`);",
              "`local learning alone` is its control, with no error from the output reaching the hidden layers",
              "(`method=\"none\", local=True`). `OPZO's noise, no feedback` injects OPZO's noise with `M` held at",
-             "zero (`benchmarks/_controls.py`): what OPZO's feedback adds beyond its noise. Rows ending in",
-             "`then opzo.update_bn` recompute BatchNorm's running statistics without the noise after training",
-             "(SpikingJelly's example, the only setup with BatchNorm). Command: `benchmarks/third_party.py`.", ""]
+             "zero (`benchmarks/_controls.py`): what OPZO's feedback adds beyond its noise. On SpikingJelly's",
+             "example, the only setup with BatchNorm, the sessions of OPZO and ZO recompute BatchNorm's",
+             "running statistics without the noise from their last 8 training batches when the block exits",
+             "(`recompute_bn`, the default); `recompute_bn=False` leaves them with the noise, and rows ending in",
+             "`then opzo.update_bn` recompute them once more from the first 16 training batches.",
+             "Command: `benchmarks/third_party.py`.", ""]
     for setup, (_, title, _, _, budget) in SETUPS.items():
         rows = [(v, [runs[setup, v, s] for s in seeds if (setup, v, s) in runs]) for v in VARIANTS]
         rows = [(v, rs) for v, rs in rows if rs]
