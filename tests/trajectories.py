@@ -7,7 +7,8 @@ matrices, gains, optimizer states of DKP, noise and RNG states). ``tests/test_tr
 compares them with the record of this kind of CPU: float32 kernels round differently on other
 instruction sets (AVX2 against AVX-512: last bits, amplified by ZO), so each kind has its own
 record, ``tests/data/trajectories-<vendor>-<capability>.pt``, and ``tests/data/trajectories.pt``
-(the first record, made on another kind) serves the kinds without one. After a deliberate change of behaviour,
+(the first record, made on another kind) serves the kinds without one, matched within float
+rounding. After a deliberate change of behaviour,
 record again on every kind of CPU that has a record (or delete those you cannot run, saying so)
 and say which cases changed and why::
 
