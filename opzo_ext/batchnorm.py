@@ -7,8 +7,7 @@ batches, and evaluation (``model.eval()``, no noise) normalises with them. The n
 variance, so a network evaluated without noise is normalised too strongly and its neurons fire
 less. On SpikingJelly's ``conv_fashion_mnist.py`` example (4000 training images, OPZO) recomputing
 the statistics without noise after training lifted the test accuracy from 51.9% to 63.8% (mean of
-three seeds; online BP 64.6%). The session warns (:class:`~opzo_ext.errors.HealthWarning`) when a
-model has such layers.
+three seeds; online BP 64.6%).
 
 :func:`update_bn` recomputes the running statistics from clean forward passes, as
 ``torch.optim.swa_utils.update_bn`` does after stochastic weight averaging: every layer's
@@ -19,6 +18,8 @@ batch. Call it after the ``with opzo.train(...)`` block, before evaluating.
 A session does it by itself (:class:`CleanStatistics`, option ``recompute_bn``, on by default in
 single-process runs): it keeps the inputs of the last ``SEQUENCES`` training sequences and replays
 them without noise before the model's first forward in eval mode after training, and on close.
+Where it does not (``recompute_bn=False``, several processes) it warns
+(:class:`~opzo_ext.errors.HealthWarning`), naming the layers and :func:`update_bn`.
 """
 from __future__ import annotations
 
@@ -130,10 +131,10 @@ class CleanStatistics:
     While training it keeps the inputs of the model's calls in the last ``SEQUENCES`` training
     sequences (references, detached: their memory stays allocated; a sequence starts with the call
     in which the first neuron's state starts afresh, so a loop of single-step calls is kept whole,
-    and after ``MAX_CALLS`` calls when it never does). Before
-    the model's first forward in eval mode after a training step, and when the session closes, it
-    replays each kept sequence without gradients (so without the session's noise), the neurons
-    reset before each, averaging the BatchNorm statistics over them as :func:`update_bn` does.
+    and after ``MAX_CALLS`` calls when it never does). Before the model's first forward in eval
+    mode after a training step, and when the session closes, it replays each kept sequence without
+    gradients (so without the session's noise), the neurons reset before each, averaging the
+    BatchNorm statistics over them as :func:`update_bn` does.
     """
 
     def __init__(self):
@@ -178,6 +179,8 @@ def _detached(obj: Any) -> Any:
     """``obj`` with every tensor (in tuples, lists and dicts) detached from its graph."""
     if isinstance(obj, torch.Tensor):
         return obj.detach()
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*(_detached(v) for v in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(_detached(v) for v in obj)
     if isinstance(obj, dict):
