@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import OpzoError
+from .nested import map_tensors
 
 SEQUENCES = 8  # recompute_bn: the training sequences whose inputs a session keeps and replays
 MAX_CALLS = 1000  # recompute_bn: calls kept per sequence at most (a model whose state is never reset)
@@ -146,7 +147,7 @@ class CleanStatistics:
     def before(self, args: tuple, kwargs: dict, started: int) -> None:
         """A training call of the model starts (``started``: the first neuron's count of
         sequences so far): keep its inputs."""
-        self.call, self.started = (_detached(args), _detached(kwargs)), started
+        self.call, self.started = map_tensors(torch.Tensor.detach, (args, kwargs)), started
 
     def after(self, started: int) -> None:
         """The call ended, the first neuron's count of sequences now ``started``."""
@@ -174,15 +175,3 @@ def _replay(model: nn.Module, sequence: list[tuple[tuple, dict]]) -> None:
     for args, kwargs in sequence:
         model(*args, **kwargs)
 
-
-def _detached(obj: Any) -> Any:
-    """``obj`` with every tensor (in tuples, lists and dicts) detached from its graph."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
-        return type(obj)(*(_detached(v) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_detached(v) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _detached(v) for k, v in obj.items()}
-    return obj

@@ -32,6 +32,7 @@ from torch import nn
 
 from .adapters import find_adapter
 from .errors import OpzoError
+from .nested import map_tensors
 from .feedback import BP
 from .traces import is_synapse
 
@@ -118,15 +119,9 @@ class _NoisyBP(BP):
         return True
 
 
-def _clone(obj):
-    """Deep copy of a state dict's tensors (feedback matrices are updated in place)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
+def _clone_state(session) -> dict:
+    """A copy of the session's state whose tensors are copies (feedback matrices are updated in place)."""
+    return map_tensors(torch.Tensor.clone, session.state_dict())
 
 
 def gradient_alignment(session, run_batch: Callable[[], None]) -> dict[str, float]:
@@ -145,12 +140,12 @@ def gradient_alignment(session, run_batch: Callable[[], None]) -> dict[str, floa
     model = session.model
     params = list(model.parameters()) + list(session.local_readouts.parameters())
     before = [None if p.grad is None else p.grad.clone() for p in params]
-    state, rng = _clone(session.state_dict()), _rng_state()
+    state, rng = _clone_state(session), _rng_state()
     for p in params:
         p.grad = None
     run_batch()
     by_method = [None if p.grad is None else p.grad.clone() for p in params]
-    state_after, rng_after = _clone(session.state_dict()), _rng_state()
+    state_after, rng_after = _clone_state(session), _rng_state()
     buffers_after = [b.clone() for b in model.buffers()]  # BatchNorm statistics of the real pass
 
     session.load_state_dict(state)

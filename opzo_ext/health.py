@@ -248,8 +248,7 @@ class Health:
         def hook(param: torch.Tensor) -> None:
             if self.enabled and stats.schedule.tick() and len(self._pending) < MAX_PENDING:
                 g = param.grad.detach()
-                self._pending.append(("grad", stats, norm(g, 1),
-                                      g.numel()))
+                self._pending.append(("grad", stats, norm(g, 1), g.numel()))
         return hook
 
     def readout(self) -> None:

@@ -8,9 +8,8 @@ compares them with the record of this kind of CPU: float32 kernels round differe
 instruction sets (AVX2 against AVX-512: last bits, amplified by ZO), so each kind has its own
 record, ``tests/data/trajectories-<vendor>-<capability>.pt``, and ``tests/data/trajectories.pt``
 (the first record, made on another kind) serves the kinds without one, matched within float
-rounding. After a deliberate change of behaviour,
-record again on every kind of CPU that has a record (or delete those you cannot run, saying so)
-and say which cases changed and why::
+rounding. After a deliberate change of behaviour, record again on every kind of CPU that has a
+record (or delete those you cannot run, saying so) and say which cases changed and why::
 
     OMP_NUM_THREADS=1 .venv/bin/python -m tests.trajectories   # rewrites this CPU kind's record
 """
@@ -53,6 +52,8 @@ def record_path() -> Path:
 def reference_path() -> Path:
     """The record to compare with: this CPU kind's, else the first record."""
     return record_path() if record_path().exists() else FIRST_RECORD
+
+
 T, B, BATCHES, CLASSES = 3, 4, 3, 4
 
 
